@@ -1,0 +1,56 @@
+"""mqcore: an embeddable, aiomemq-compatible message broker core with no I/O.
+
+Feed a :class:`Broker` the bytes each connection sends; take an
+:class:`Output` of what to write to (and whom to close) in return. Transports
+live elsewhere: ``mqcore_tcp`` serves it over TCP.
+"""
+
+from ._broker import (
+    DEFAULT_CACHE_SIZE,
+    DEFAULT_MAX_LINE_BYTES,
+    Broker,
+    ConnectionId,
+    Output,
+)
+from ._protocol import (
+    COMMAND_DECODER,
+    SUCCESS,
+    Command,
+    Delivery,
+    Hello,
+    HelloReply,
+    Reason,
+    Send,
+    Subscribe,
+    Unsubscribe,
+    error_reply,
+    hello_reply,
+)
+from ._records import CacheAdd, CacheRemove, NextIndex, Record, TopicState
+from ._version import __version__
+
+__all__ = [
+    "COMMAND_DECODER",
+    "DEFAULT_CACHE_SIZE",
+    "DEFAULT_MAX_LINE_BYTES",
+    "SUCCESS",
+    "Broker",
+    "CacheAdd",
+    "CacheRemove",
+    "Command",
+    "ConnectionId",
+    "Delivery",
+    "Hello",
+    "HelloReply",
+    "NextIndex",
+    "Output",
+    "Reason",
+    "Record",
+    "Send",
+    "Subscribe",
+    "TopicState",
+    "Unsubscribe",
+    "__version__",
+    "error_reply",
+    "hello_reply",
+]

@@ -1,0 +1,380 @@
+"""The Broker: the whole protocol as a pure state machine, with no I/O.
+
+A transport registers each connection, feeds it the bytes it reads (in any
+chunks), tells the broker when a connection is gone, and after each batch of
+input takes an :class:`Output`: the bytes owed to each connection, the
+connections to close once their bytes are written, and (for a durable broker)
+the records that must be stored before any of those bytes are released.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Final, NewType
+
+import msgspec
+
+from ._protocol import (
+    COMMAND_DECODER,
+    SUCCESS,
+    Hello,
+    Reason,
+    Send,
+    Subscribe,
+    Unsubscribe,
+    error_reply,
+    hello_reply,
+)
+from ._records import CacheAdd, CacheRemove, NextIndex, Record, TopicState
+
+__all__ = ["DEFAULT_CACHE_SIZE", "DEFAULT_MAX_LINE_BYTES", "Broker", "ConnectionId", "Output"]
+
+ConnectionId = NewType("ConnectionId", int)
+"""Names one connection registered with a :class:`Broker`."""
+
+DEFAULT_CACHE_SIZE: Final = 100
+DEFAULT_MAX_LINE_BYTES: Final = 1 << 20
+
+_NOT_UTF8: Final = error_reply(Reason.NOT_UTF8)
+_NOT_JSON: Final = error_reply(Reason.NOT_JSON)
+_MALFORMED: Final = error_reply(Reason.MALFORMED)
+_LINE_TOO_LONG: Final = error_reply(Reason.LINE_TOO_LONG)
+_QUIT: Final = b"quit"
+
+
+@dataclass(slots=True)
+class Output:
+    """What the transport must do after feeding input to the broker.
+
+    ``records`` must be stored first (durable brokers only); then each
+    connection in ``writes`` is sent its chunks, in order; then each
+    connection in ``close`` is closed, after its writes are flushed.
+    """
+
+    writes: dict[ConnectionId, list[bytes]] = field(default_factory=dict)
+    close: list[ConnectionId] = field(default_factory=list)
+    records: list[Record] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.writes or self.close or self.records)
+
+
+class _Entry:
+    """A cached message: its index, whether it is a ``one`` message, its wire bytes."""
+
+    __slots__ = ("data", "index", "one")
+
+    def __init__(self, index: int, one: bool, data: bytes) -> None:
+        self.index = index
+        self.one = one
+        self.data = data
+
+
+class _Topic:
+    __slots__ = ("cache", "next_index", "rr", "snapshot", "subscribers")
+
+    def __init__(self, cache_size: int) -> None:
+        self.next_index = 0
+        self.subscribers: dict[_Connection, None] = {}
+        # A tuple of the subscribers, rebuilt only when they change, so a
+        # delivery iterates (or indexes, for `one`) without copying.
+        self.snapshot: tuple[_Connection, ...] = ()
+        self.cache: deque[_Entry] = deque(maxlen=cache_size)
+        self.rr = 0
+
+
+class _Connection:
+    __slots__ = ("buffer", "closing", "discarding", "id", "out", "topics")
+
+    def __init__(self, cid: ConnectionId) -> None:
+        self.id = cid
+        self.buffer = bytearray()
+        # True while the rest of an over-long line is being thrown away.
+        self.discarding = False
+        self.topics: set[str] = set()
+        # Chunks owed to this connection since the last take_output(); None
+        # when nothing is owed, so the broker knows when to list it as dirty.
+        self.out: list[bytes] | None = None
+        self.closing = False
+
+
+class Broker:
+    """An aiomemq-compatible message broker with no I/O of its own.
+
+    ``cache_size`` bounds each topic's replay cache (0 disables it);
+    ``max_line_bytes`` bounds one input line; ``choose(n)`` returns the index,
+    in ``range(n)``, of the subscriber that gets a ``delivery: "one"``
+    message (pass ``random.Random().randrange``; the default is round robin,
+    so that the core needs no randomness of its own). With ``durable=True``
+    every change to a topic's index or cache is also emitted as a
+    :class:`Record` in :attr:`Output.records`. ``epoch`` names this run of
+    index numbering (the transport makes a new one whenever numbering starts
+    over); with it the broker answers the ``hello`` handshake, without it
+    ``hello`` is an unknown command, as it is for the reference.
+    """
+
+    def __init__(
+        self,
+        *,
+        cache_size: int = DEFAULT_CACHE_SIZE,
+        max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+        choose: Callable[[int], int] | None = None,
+        durable: bool = False,
+        epoch: str | None = None,
+    ) -> None:
+        if cache_size < 0:
+            raise ValueError("cache_size must be >= 0")
+        if max_line_bytes < 1:
+            raise ValueError("max_line_bytes must be >= 1")
+        self.cache_size: Final = cache_size
+        self.max_line_bytes: Final = max_line_bytes
+        self._choose = choose
+        self._durable = durable
+        self._hello = (
+            None
+            if epoch is None
+            else hello_reply(epoch, cache_size=cache_size, max_line_bytes=max_line_bytes)
+        )
+        self._topics: dict[str, _Topic] = {}
+        self._connections: dict[ConnectionId, _Connection] = {}
+        self._next_id = 0
+        self._dirty: list[_Connection] = []
+        self._close: list[ConnectionId] = []
+        self._records: list[Record] = []
+
+    # -- the transport's side -------------------------------------------------
+
+    def open_connection(self) -> ConnectionId:
+        """Register a new connection and return its id."""
+        cid = ConnectionId(self._next_id)
+        self._next_id += 1
+        self._connections[cid] = _Connection(cid)
+        return cid
+
+    def connection_lost(self, cid: ConnectionId) -> None:
+        """Forget a connection: its subscriptions and anything still owed to it.
+
+        Idempotent, so the transport may call it whatever way the connection ended.
+        """
+        conn = self._connections.pop(cid, None)
+        if conn is None:
+            return
+        for name in conn.topics:
+            self._remove_subscriber(self._topics[name], conn)
+        conn.topics.clear()
+        conn.out = None
+
+    def receive_data(self, cid: ConnectionId, data: bytes) -> None:
+        """Feed bytes read from a connection; they may split lines anywhere."""
+        conn = self._connections.get(cid)
+        if conn is None or conn.closing:
+            return
+        buffer = conn.buffer
+        start = 0
+        limit = self.max_line_bytes
+        while not conn.closing:
+            end = data.find(b"\n", start)
+            if end < 0:
+                break
+            if conn.discarding:
+                conn.discarding = False
+            elif buffer:
+                if len(buffer) + end - start > limit:
+                    self._emit(conn, _LINE_TOO_LONG)
+                else:
+                    buffer += data[start:end]
+                    self._line(conn, bytes(buffer))
+                buffer.clear()
+            elif end - start > limit:
+                self._emit(conn, _LINE_TOO_LONG)
+            else:
+                self._line(conn, data[start:end])
+            start = end + 1
+        if conn.closing or start == len(data):
+            return
+        # A partial line: keep it, unless it is already over the limit, in
+        # which case answer now and drop bytes until its end arrives.
+        if conn.discarding:
+            return
+        if len(buffer) + len(data) - start > limit:
+            buffer.clear()
+            conn.discarding = True
+            self._emit(conn, _LINE_TOO_LONG)
+        else:
+            buffer += data[start:]
+
+    def take_output(self) -> Output:
+        """Return (and forget) everything produced since the last call."""
+        writes: dict[ConnectionId, list[bytes]] = {}
+        for conn in self._dirty:
+            if conn.out is not None:
+                writes[conn.id] = conn.out
+                conn.out = None
+        self._dirty = []
+        output = Output(writes, self._close, self._records)
+        self._close = []
+        self._records = []
+        return output
+
+    def restore(self, topics: Iterable[TopicState]) -> None:
+        """Load topics saved by a store, before any connection is opened."""
+        for state in topics:
+            topic = self._topic(state.topic)
+            topic.next_index = state.next_index
+            topic.cache.clear()
+            for index, delivery, data in state.cache:
+                topic.cache.append(_Entry(index, delivery == "one", data))
+
+    # -- inspection, for tests and monitoring ----------------------------------
+
+    def next_index(self, topic: str) -> int:
+        """The index the next message sent to ``topic`` will get."""
+        state = self._topics.get(topic)
+        return 0 if state is None else state.next_index
+
+    def cached(self, topic: str) -> list[bytes]:
+        """The wire bytes of the messages cached for ``topic``, oldest first."""
+        state = self._topics.get(topic)
+        return [] if state is None else [e.data for e in state.cache]
+
+    def subscribers(self, topic: str) -> list[ConnectionId]:
+        """The connections subscribed to ``topic``."""
+        state = self._topics.get(topic)
+        return [] if state is None else [c.id for c in state.snapshot]
+
+    # -- the protocol ------------------------------------------------------------
+
+    def _emit(self, conn: _Connection, chunk: bytes) -> None:
+        out = conn.out
+        if out is None:
+            conn.out = [chunk]
+            self._dirty.append(conn)
+        else:
+            out.append(chunk)
+
+    def _line(self, conn: _Connection, line: bytes) -> None:
+        try:
+            command = COMMAND_DECODER.decode(line)
+        except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
+            self._bad_line(conn, line)
+            return
+        # Most lines are sends: test for them first.
+        if type(command) is Send:
+            self._send(conn, command, line)
+        elif type(command) is Subscribe:
+            self._subscribe(conn, command)
+        elif type(command) is Unsubscribe:
+            self._unsubscribe(conn, command)
+        elif type(command) is Hello and self._hello is not None:
+            self._emit(conn, self._hello)
+        else:
+            self._emit(conn, _MALFORMED)
+
+    def _bad_line(self, conn: _Connection, line: bytes) -> None:
+        # The slow path, for lines that did not decode as they came: whitespace,
+        # `quit`, or an error whose reason the reference defines by precedence.
+        try:
+            text = line.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            self._emit(conn, _NOT_UTF8)
+            return
+        if not text:
+            return
+        if text == "quit":
+            self._quit(conn)
+            return
+        stripped = text.encode("utf-8")
+        if stripped != line:
+            # Unicode whitespace that the fast path left on: try again without it.
+            self._line(conn, stripped)
+            return
+        try:
+            msgspec.json.decode(line)
+        except (msgspec.DecodeError, UnicodeDecodeError):
+            self._emit(conn, _NOT_JSON)
+            return
+        self._emit(conn, _MALFORMED)
+
+    def _quit(self, conn: _Connection) -> None:
+        conn.closing = True
+        conn.buffer = bytearray()
+        for name in conn.topics:
+            self._remove_subscriber(self._topics[name], conn)
+        conn.topics.clear()
+        self._close.append(conn.id)
+
+    def _topic(self, name: str) -> _Topic:
+        topic = self._topics.get(name)
+        if topic is None:
+            topic = self._topics[name] = _Topic(self.cache_size)
+        return topic
+
+    def _remove_subscriber(self, topic: _Topic, conn: _Connection) -> None:
+        if topic.subscribers.pop(conn, 0) is None:
+            topic.snapshot = tuple(topic.subscribers)
+
+    def _subscribe(self, conn: _Connection, command: Subscribe) -> None:
+        topic = self._topic(command.topic)
+        if conn not in topic.subscribers:
+            topic.subscribers[conn] = None
+            topic.snapshot = tuple(topic.subscribers)
+            conn.topics.add(command.topic)
+        self._emit(conn, SUCCESS)
+        if not command.cache or not topic.cache:
+            return
+        last_seen = command.last_seen
+        consumed = False
+        for entry in topic.cache:
+            if entry.index > last_seen:
+                self._emit(conn, entry.data)
+                consumed = consumed or entry.one
+        if consumed:
+            # A replayed `one` message has found its consumer: drop it.
+            kept = [e for e in topic.cache if not (e.one and e.index > last_seen)]
+            if self._durable:
+                self._records.extend(
+                    CacheRemove(command.topic, e.index)
+                    for e in topic.cache
+                    if e.one and e.index > last_seen
+                )
+            topic.cache = deque(kept, maxlen=self.cache_size)
+
+    def _unsubscribe(self, conn: _Connection, command: Unsubscribe) -> None:
+        topic = self._topics.get(command.topic)
+        if topic is not None:
+            self._remove_subscriber(topic, conn)
+            conn.topics.discard(command.topic)
+        self._emit(conn, SUCCESS)
+
+    def _send(self, conn: _Connection, command: Send, line: bytes) -> None:
+        topic = self._topic(command.topic)
+        index = topic.next_index
+        topic.next_index = index + 1
+        # Validation rejected every unknown key, so the sender's own object
+        # plus its index is the delivered message: splice, don't re-encode.
+        data = b'%s, "index": %d}\r\n' % (line.strip()[:-1], index)
+        subscribers = topic.snapshot
+        cache = command.cache and self.cache_size > 0
+        if command.delivery == "all":
+            for subscriber in subscribers:
+                self._emit(subscriber, data)
+        elif subscribers:
+            self._emit(subscribers[self._pick(topic, len(subscribers))], data)
+            cache = False
+        if cache:
+            if self._durable and len(topic.cache) == self.cache_size:
+                self._records.append(CacheRemove(command.topic, topic.cache[0].index))
+            topic.cache.append(_Entry(index, command.delivery == "one", data))
+        if self._durable:
+            self._records.append(NextIndex(command.topic, index + 1))
+            if cache:
+                self._records.append(CacheAdd(command.topic, index, command.delivery, data))
+        self._emit(conn, SUCCESS)
+
+    def _pick(self, topic: _Topic, n: int) -> int:
+        if self._choose is not None:
+            return self._choose(n)
+        topic.rr = (topic.rr + 1) % n
+        return topic.rr

@@ -1,0 +1,123 @@
+"""The wire protocol: command Structs, the shared decoder and constant replies.
+
+Everything that defines what a valid line is lives here, so the broker, the
+TCP server and the client all share one copy of the rules.
+"""
+
+from __future__ import annotations
+
+from typing import Final, Literal
+
+import msgspec
+
+from ._version import __version__
+
+__all__ = [
+    "COMMAND_DECODER",
+    "PROTOCOL_FEATURES",
+    "SERVER_NAME",
+    "SUCCESS",
+    "Command",
+    "Delivery",
+    "Hello",
+    "HelloReply",
+    "Reason",
+    "Send",
+    "Subscribe",
+    "Unsubscribe",
+    "error_reply",
+    "hello_reply",
+]
+
+Delivery = Literal["all", "one"]
+
+
+class Subscribe(msgspec.Struct, tag="subscribe", tag_field="command", forbid_unknown_fields=True):
+    """``{"command": "subscribe", "topic": ..., "last_seen"?: int, "cache"?: bool}``."""
+
+    topic: str
+    # -1 replays every cached message: indices start at 0.
+    last_seen: int = -1
+    cache: bool = True
+
+
+class Unsubscribe(
+    msgspec.Struct, tag="unsubscribe", tag_field="command", forbid_unknown_fields=True
+):
+    """``{"command": "unsubscribe", "topic": ...}``."""
+
+    topic: str
+
+
+class Send(msgspec.Struct, tag="send", tag_field="command", forbid_unknown_fields=True):
+    """``{"command": "send", "topic", "msg", "delivery": "all"|"one", "cache"?: bool}``."""
+
+    topic: str
+    msg: str
+    delivery: Delivery
+    cache: bool = True
+
+
+class Hello(msgspec.Struct, tag="hello", tag_field="command", forbid_unknown_fields=True):
+    """``{"command": "hello"}``: an opt-in handshake that describes the server."""
+
+
+Command = Subscribe | Unsubscribe | Send | Hello
+
+#: One decoder for every line: building a Decoder is costly, reusing one is not.
+COMMAND_DECODER: Final = msgspec.json.Decoder(Command)
+
+
+class Reason:
+    """The exact failure reasons of the reference broker (and our own additions)."""
+
+    NOT_UTF8: Final = "Could not decode input as UTF-8"
+    NOT_JSON: Final = "Could not parse json"
+    MALFORMED: Final = "Malformed json message"
+    LINE_TOO_LONG: Final = "Line too long"
+
+
+#: The reply to every successful command, byte for byte as the reference writes it.
+SUCCESS: Final = b'{"success": true}\r\n'
+
+_ENCODER: Final = msgspec.json.Encoder()
+
+
+SERVER_NAME: Final = "mqcore"
+#: What ``hello`` advertises beyond the reference protocol.
+PROTOCOL_FEATURES: Final = ("hello", "epoch", "quit", "line-limit")
+
+
+class HelloReply(msgspec.Struct, forbid_unknown_fields=False):
+    """The reply to ``hello``: who the server is, its limits and its ``epoch``.
+
+    ``epoch`` changes whenever the server's index numbering starts over, so a
+    client that saw another epoch before knows its ``last_seen`` means nothing.
+    """
+
+    success: bool
+    server: str
+    version: str
+    features: list[str]
+    max_line_bytes: int
+    cache_size: int
+    epoch: str
+
+
+def hello_reply(epoch: str, *, cache_size: int, max_line_bytes: int) -> bytes:
+    """Return the wire bytes of the reply to ``hello``."""
+    reply = HelloReply(
+        success=True,
+        server=SERVER_NAME,
+        version=__version__,
+        features=list(PROTOCOL_FEATURES),
+        max_line_bytes=max_line_bytes,
+        cache_size=cache_size,
+        epoch=epoch,
+    )
+    return _ENCODER.encode(reply) + b"\r\n"
+
+
+def error_reply(reason: str) -> bytes:
+    """Return the wire bytes of ``{"success": false, "reason": reason}``."""
+    return b'{"success": false, "reason": ' + _ENCODER.encode(reason) + b"}\r\n"

@@ -1,0 +1,1 @@
+"""mqcore_client: the client library (see its issue)."""

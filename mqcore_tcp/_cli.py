@@ -1,0 +1,154 @@
+"""``python -m mqcore_tcp``: the standalone server."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+import anyio
+
+from mqcore import DEFAULT_CACHE_SIZE, DEFAULT_MAX_LINE_BYTES
+
+from ._server import DEFAULT_MAX_QUEUED_BYTES, DEFAULT_PORT, TCPServer
+
+__all__ = ["main", "parse_args"]
+
+log = logging.getLogger("mqcore_tcp")
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be 0..65535, got {value}")
+    return value
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse the command line, accepting the reference's ``PORT [CACHE_SIZE]`` form too."""
+    parser = argparse.ArgumentParser(
+        prog="python -m mqcore_tcp",
+        description="mqcore: an aiomemq-compatible message broker over TCP "
+        "(newline-delimited JSON).",
+        epilog="The reference broker's form `python -m mqcore_tcp PORT [CACHE_SIZE]` "
+        "is accepted too.",
+    )
+    parser.add_argument(
+        "pos_port", nargs="?", type=_port, metavar="PORT", help="port to listen on (same as --port)"
+    )
+    parser.add_argument(
+        "pos_cache_size",
+        nargs="?",
+        type=_non_negative,
+        metavar="CACHE_SIZE",
+        help="messages cached per topic (same as --cache-size)",
+    )
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--port",
+        type=_port,
+        default=None,
+        help=f"port to listen on, 0 for any free port (default: {DEFAULT_PORT})",
+    )
+    parser.add_argument(
+        "--cache-size",
+        type=_non_negative,
+        default=None,
+        help="newest messages kept per topic for replay to new subscribers; "
+        f"0 disables the cache (default: {DEFAULT_CACHE_SIZE})",
+    )
+    parser.add_argument(
+        "--max-line-bytes",
+        type=_positive,
+        default=DEFAULT_MAX_LINE_BYTES,
+        help="longest input line accepted; longer lines are answered "
+        "'Line too long' and discarded (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-queued-bytes",
+        type=_positive,
+        default=DEFAULT_MAX_QUEUED_BYTES,
+        help="bytes that may wait unsent for one connection before it is "
+        "disconnected as too slow (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
+        type=str.upper,
+        help="logging level (default: %(default)s)",
+    )
+    args = parser.parse_args(argv)
+    if args.pos_port is not None and args.port is not None:
+        parser.error("give the port either as PORT or as --port, not both")
+    if args.pos_cache_size is not None and args.cache_size is not None:
+        parser.error("give the cache size either as CACHE_SIZE or as --cache-size, not both")
+    args.port = (
+        args.pos_port
+        if args.pos_port is not None
+        else (args.port if args.port is not None else DEFAULT_PORT)
+    )
+    args.cache_size = (
+        args.pos_cache_size
+        if args.pos_cache_size is not None
+        else (args.cache_size if args.cache_size is not None else DEFAULT_CACHE_SIZE)
+    )
+    return args
+
+
+async def _run(args: argparse.Namespace) -> None:
+    server = TCPServer(
+        host=args.host,
+        port=args.port,
+        cache_size=args.cache_size,
+        max_line_bytes=args.max_line_bytes,
+        max_queued_bytes=args.max_queued_bytes,
+    )
+    async with anyio.create_task_group() as tg:
+
+        async def stop_on_signal() -> None:
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for signum in signals:
+                    log.info("received %s", signal.Signals(signum).name)
+                    server.shutdown()
+                    return
+
+        tg.start_soon(stop_on_signal)
+        await server.serve()
+        tg.cancel_scope.cancel()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the server until SIGINT or SIGTERM; return the exit status."""
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        anyio.run(_run, args)
+    except OSError as exc:
+        log.error("cannot serve on %s:%d: %s", args.host, args.port, exc.strerror or exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
