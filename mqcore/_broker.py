@@ -292,7 +292,9 @@ class Broker:
             return
         try:
             msgspec.json.decode(line)
-        except (msgspec.DecodeError, UnicodeDecodeError):
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+            # Nesting deeper than the decoder's limit counts as unparseable
+            # (the reference's own parser gives up on it too).
             self._emit(conn, _NOT_JSON)
             return
         self._emit(conn, _MALFORMED)

@@ -4,7 +4,7 @@
 :class:`TCPServer` embed it in an async application or a test.
 """
 
-from ._cli import main
+from ._cli import main, parse_args
 from ._server import DEFAULT_MAX_QUEUED_BYTES, DEFAULT_PORT, TCPServer, serve
 
-__all__ = ["DEFAULT_MAX_QUEUED_BYTES", "DEFAULT_PORT", "TCPServer", "main", "serve"]
+__all__ = ["DEFAULT_MAX_QUEUED_BYTES", "DEFAULT_PORT", "TCPServer", "main", "parse_args", "serve"]

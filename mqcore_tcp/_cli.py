@@ -122,6 +122,11 @@ async def _run(args: argparse.Namespace) -> None:
         max_line_bytes=args.max_line_bytes,
         max_queued_bytes=args.max_queued_bytes,
     )
+    try:
+        await server.bind()
+    except OSError as exc:
+        log.error("cannot listen on %s:%d: %s", args.host, args.port, exc.strerror or exc)
+        raise SystemExit(1) from None
     async with anyio.create_task_group() as tg:
 
         async def stop_on_signal() -> None:
@@ -142,11 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    try:
-        anyio.run(_run, args)
-    except OSError as exc:
-        log.error("cannot serve on %s:%d: %s", args.host, args.port, exc.strerror or exc)
-        return 1
+    anyio.run(_run, args)
     return 0
 
 

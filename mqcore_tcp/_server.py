@@ -74,6 +74,18 @@ class TCPServer:
         self._clients: dict[ConnectionId, _Client] = {}
         self._stop = anyio.Event()
         self._idle = anyio.Event()
+        self._listener: anyio.abc.Listener[anyio.abc.SocketStream] | None = None
+
+    async def bind(self) -> anyio.abc.Listener[anyio.abc.SocketStream]:
+        """Open the listening socket (and learn :attr:`port`); :meth:`serve` does it if needed.
+
+        Raises :class:`OSError` if the address cannot be bound.
+        """
+        listener = await anyio.create_tcp_listener(local_host=self.host, local_port=self.port)
+        self._listener = listener
+        self.port = listener.listeners[0].extra(SocketAttribute.local_port)
+        log.info("mqcore listening on %s:%d", self.host, self.port)
+        return listener
 
     def shutdown(self) -> None:
         """Ask :meth:`serve` to stop accepting, flush what is owed, and return."""
@@ -83,9 +95,7 @@ class TCPServer:
         self, *, task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED
     ) -> None:
         """Serve until :meth:`shutdown`; report the bound port through ``task_status``."""
-        listener = await anyio.create_tcp_listener(local_host=self.host, local_port=self.port)
-        self.port = listener.extra(SocketAttribute.local_port)
-        log.info("mqcore listening on %s:%d", self.host, self.port)
+        listener = self._listener or await self.bind()
         async with anyio.create_task_group() as tg:
             accept_scope = anyio.CancelScope()
 
@@ -111,11 +121,8 @@ class TCPServer:
 
     async def _handle(self, stream: anyio.abc.SocketStream) -> None:
         cid = self.broker.open_connection()
-        try:
-            host, port = stream.extra(SocketAttribute.remote_address)[:2]
-            peer = f"{host}:{port}"
-        except (TypeError, ValueError):
-            peer = "?"
+        address = stream.extra(SocketAttribute.remote_address)
+        peer = f"{address[0]}:{address[1]}" if isinstance(address, tuple) else str(address)
         client = _Client(cid, stream, peer)
         self._clients[cid] = client
         log.debug("connection %d from %s", cid, peer)

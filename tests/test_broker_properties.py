@@ -1,0 +1,77 @@
+"""Property tests: whatever bytes arrive, in whatever chunks, the broker answers sanely."""
+
+from __future__ import annotations
+
+import json
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mqcore import Broker
+
+from .helpers import Harness, line
+
+MAX_LINE = 200
+
+commands = st.sampled_from(
+    [
+        line({"command": "subscribe", "topic": "t"}),
+        line({"command": "subscribe", "topic": "t", "last_seen": 0}),
+        line({"command": "unsubscribe", "topic": "t"}),
+        line({"command": "send", "topic": "t", "msg": "m", "delivery": "all"}),
+        line({"command": "send", "topic": "t", "msg": "m", "delivery": "one"}),
+        line({"command": "hello"}),
+        b"quit\n",
+        b"\r\n",
+        b" \t\n",
+        b"{\n",
+        b"\xc3\n",
+        b"[" * 300 + b"\n",
+    ]
+)
+pieces = st.one_of(st.binary(max_size=60), commands, st.text(max_size=20).map(str.encode))
+
+
+def expected_replies(data: bytes) -> int:
+    """How many replies the input calls for: one per non-empty complete line, up to quit."""
+    count = 0
+    *lines, partial = data.split(b"\n")
+    for raw in lines:
+        if len(raw) > MAX_LINE:
+            count += 1
+            continue
+        try:
+            text = raw.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            count += 1
+            continue
+        if text == "quit":
+            break
+        if text:
+            count += 1
+    else:
+        # A partial line already over the limit is answered before it ends.
+        count += len(partial) > MAX_LINE
+    return count
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(pieces, max_size=30), st.data())
+def test_every_output_line_is_json_and_replies_match_lines(
+    parts: list[bytes], data: st.DataObject
+) -> None:
+    payload = b"".join(parts)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(payload)), max_size=8)))
+    chunks = [payload[a:b] for a, b in zip([0, *cuts], [*cuts, len(payload)], strict=True)]
+    h = Harness(Broker(max_line_bytes=MAX_LINE, choose=lambda n: 0, epoch="e"))
+    c = h.connect()
+    for chunk in chunks:
+        h.feed(c, chunk)
+    out = h.take_bytes(c)
+    assert out == b"" or out.endswith(b"\r\n")
+    objects = [json.loads(x) for x in out.split(b"\r\n")[:-1]]
+    assert all(isinstance(o, dict) for o in objects)
+    replies = [o for o in objects if "success" in o]
+    assert all(set(o) == {"success"} or o["success"] is False or "epoch" in o for o in replies)
+    assert len(replies) == expected_replies(payload)
+    assert [o for o in objects if "index" in o] == [o for o in objects if "success" not in o]

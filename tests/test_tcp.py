@@ -1,0 +1,239 @@
+"""End-to-end tests of the TCP server over real loopback sockets."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import anyio.abc
+import pytest
+
+from mqcore_tcp import TCPServer
+
+pytestmark = pytest.mark.anyio
+
+OK = {"success": True}
+
+
+class LineClient:
+    """A raw protocol client: write JSON lines, read JSON objects."""
+
+    def __init__(self, stream: anyio.abc.SocketStream) -> None:
+        self.stream = stream
+        self.buffer = b""
+
+    async def write(self, *objs: Any) -> None:
+        await self.stream.send(b"".join(json.dumps(o).encode() + b"\n" for o in objs))
+
+    async def read(self) -> Any:
+        while b"\r\n" not in self.buffer:
+            self.buffer += await self.stream.receive()
+        raw, self.buffer = self.buffer.split(b"\r\n", 1)
+        return json.loads(raw)
+
+    async def read_n(self, n: int) -> list[Any]:
+        return [await self.read() for _ in range(n)]
+
+    async def request(self, obj: Any) -> Any:
+        await self.write(obj)
+        return await self.read()
+
+
+@asynccontextmanager
+async def running(**options: Any) -> AsyncIterator[TCPServer]:
+    server = TCPServer(port=0, **options)
+    async with anyio.create_task_group() as tg:
+        await tg.start(server.serve)
+        try:
+            with anyio.fail_after(30):
+                yield server
+        finally:
+            server.shutdown()
+
+
+@asynccontextmanager
+async def client(server: TCPServer) -> AsyncIterator[LineClient]:
+    async with await anyio.connect_tcp("127.0.0.1", server.port) as stream:
+        yield LineClient(stream)
+
+
+def send(topic: str, msg: str, delivery: str = "all") -> dict[str, Any]:
+    return {"command": "send", "topic": topic, "msg": msg, "delivery": delivery}
+
+
+async def test_fan_out_to_several_subscribers() -> None:
+    async with running() as server, client(server) as pub:
+        subs = []
+        async with anyio.create_task_group() as tg:
+            for _ in range(5):
+                c = LineClient(await anyio.connect_tcp("127.0.0.1", server.port))
+                assert await c.request({"command": "subscribe", "topic": "news"}) == OK
+                subs.append(c)
+            tg.cancel_scope.cancel()
+        assert await pub.request(send("news", "hello")) == OK
+        for c in subs:
+            assert await c.read() == {**send("news", "hello"), "index": 0}
+            await c.stream.aclose()
+
+
+async def test_one_reaches_exactly_one_of_several() -> None:
+    async with running() as server, client(server) as pub:
+        subs = []
+        for _ in range(4):
+            c = LineClient(await anyio.connect_tcp("127.0.0.1", server.port))
+            assert await c.request({"command": "subscribe", "topic": "jobs"}) == OK
+            subs.append(c)
+        n = 40
+        for i in range(n):
+            assert await pub.request(send("jobs", f"j{i}", "one")) == OK
+        # Every subscriber ends its stream with a marker, so reading to it is exact.
+        assert await pub.request(send("jobs", "end")) == OK
+        seen: list[int] = []
+        for c in subs:
+            while (msg := await c.read())["msg"] != "end":
+                assert msg["delivery"] == "one"
+                seen.append(msg["index"])
+            await c.stream.aclose()
+        assert sorted(seen) == list(range(n))
+
+
+async def test_cache_replay_with_last_seen() -> None:
+    async with running(cache_size=5) as server, client(server) as pub, client(server) as late:
+        for i in range(8):
+            assert await pub.request(send("t", f"m{i}")) == OK
+        await late.write({"command": "subscribe", "topic": "t", "last_seen": 4})
+        replies = await late.read_n(4)
+        assert replies[0] == OK
+        assert [m["index"] for m in replies[1:]] == [5, 6, 7]
+        assert await pub.request(send("t", "m8")) == OK
+        assert (await late.read())["index"] == 8
+
+
+async def test_pipelined_sends_are_acknowledged_and_delivered_in_order() -> None:
+    n = 10_000
+    async with running() as server, client(server) as pub, client(server) as sub:
+        assert await sub.request({"command": "subscribe", "topic": "p"}) == OK
+        async with anyio.create_task_group() as tg:
+
+            async def produce() -> None:
+                await pub.stream.send(
+                    b"".join(
+                        b'{"command":"send","topic":"p","msg":"%d","delivery":"all"}\n' % i
+                        for i in range(n)
+                    )
+                )
+
+            tg.start_soon(produce)
+            assert await pub.read_n(n) == [OK] * n
+        received = await sub.read_n(n)
+        assert [m["index"] for m in received] == list(range(n))
+        assert [m["msg"] for m in received] == [str(i) for i in range(n)]
+
+
+async def test_500_concurrent_connections() -> None:
+    async with running() as server, client(server) as pub:
+        conns: list[LineClient] = []
+        try:
+
+            async def join() -> None:
+                c = LineClient(await anyio.connect_tcp("127.0.0.1", server.port))
+                conns.append(c)
+                assert await c.request({"command": "subscribe", "topic": "all"}) == OK
+
+            async with anyio.create_task_group() as tg:
+                for _ in range(500):
+                    tg.start_soon(join)
+            assert len(server.broker.subscribers("all")) == 500
+            assert await pub.request(send("all", "broadcast")) == OK
+            async with anyio.create_task_group() as tg:
+                for c in conns:
+
+                    async def check(c: LineClient = c) -> None:
+                        assert (await c.read())["msg"] == "broadcast"
+
+                    tg.start_soon(check)
+        finally:
+            for c in conns:
+                await c.stream.aclose()
+
+
+async def test_slow_subscriber_is_disconnected_while_others_keep_receiving() -> None:
+    cap = 2 << 20
+    payload = "x" * 8000
+    n = 4000  # 32 MB: far more than the socket buffers and the cap hold
+    async with (
+        running(max_queued_bytes=cap) as server,
+        client(server) as pub,
+        client(server) as slow,
+        client(server) as fast,
+    ):
+        assert await slow.request({"command": "subscribe", "topic": "s"}) == OK
+        assert await fast.request({"command": "subscribe", "topic": "s"}) == OK
+        got: list[int] = []
+        for _ in range(0, n, 100):
+            # The fast subscriber keeps up batch by batch; the slow one never reads.
+            await pub.write(*[send("s", payload) for _ in range(100)])
+            assert await pub.read_n(100) == [OK] * 100
+            got += [m["index"] for m in await fast.read_n(100)]
+        assert got == list(range(n))
+        # The slow one was dropped (the broker forgot it), the others were not.
+        assert len(server.broker.subscribers("s")) == 1
+        # What the slow subscriber finally reads ends in EOF, far short of n messages.
+        received = b""
+        ended = False
+        while not ended:
+            try:
+                received += await slow.stream.receive()
+            except (anyio.EndOfStream, anyio.BrokenResourceError):
+                ended = True
+        assert received.count(b"\r\n") < n
+
+
+async def test_quit_flushes_then_closes() -> None:
+    async with running() as server, client(server) as c:
+        await c.stream.send(b'{"command":"subscribe","topic":"q"}\nquit\n{"command":"x"}\n')
+        assert await c.read() == OK
+        with pytest.raises(anyio.EndOfStream):
+            await c.read()
+
+
+async def test_half_closed_client_still_gets_its_replies() -> None:
+    async with running() as server, client(server) as c:
+        await c.write({"command": "subscribe", "topic": "h"}, send("h", "m"))
+        await c.stream.send_eof()
+        assert await c.read_n(3) == [OK, {**send("h", "m"), "index": 0}, OK]
+        with pytest.raises(anyio.EndOfStream):
+            await c.read()
+
+
+async def test_graceful_shutdown_flushes_and_closes_connections() -> None:
+    server = TCPServer(port=0)
+    async with anyio.create_task_group() as tg:
+        await tg.start(server.serve)
+        async with client(server) as c:
+            assert await c.request({"command": "subscribe", "topic": "g"}) == OK
+            server.shutdown()
+            with anyio.fail_after(10), pytest.raises(anyio.EndOfStream):
+                await c.read()
+    # serve() returned by itself: the task group did not need cancelling.
+
+
+async def test_bad_input_does_not_disturb_other_clients() -> None:
+    async with (
+        running(max_line_bytes=1024) as server,
+        client(server) as bad,
+        client(server) as good,
+    ):
+        assert await good.request({"command": "subscribe", "topic": "b"}) == OK
+        await bad.stream.send(b"\xff\n{\n[]\n" + b"y" * 5000 + b"\n")
+        assert [r["reason"] for r in await bad.read_n(4)] == [
+            "Could not decode input as UTF-8",
+            "Could not parse json",
+            "Malformed json message",
+            "Line too long",
+        ]
+        assert await bad.request(send("b", "still fine")) == OK
+        assert (await good.read())["msg"] == "still fine"

@@ -1,0 +1,142 @@
+"""The standalone server, ``python -m mqcore_tcp``, run as a real process."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+
+from mqcore_tcp import parse_args
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@contextmanager
+def server_process(*args: str) -> Iterator[subprocess.Popen[str]]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mqcore_tcp", *args],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        # Wait for the server to say it listens: its log line, not a sleep.
+        for text in proc.stderr:
+            if "listening on" in text:
+                break
+        else:
+            pytest.fail(f"server exited with {proc.wait()} before listening")
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        assert proc.stderr is not None
+        proc.stderr.close()
+
+
+def request(port: int, *lines: bytes) -> list[Any]:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"".join(lines) + b"quit\n")
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    return [json.loads(x) for x in data.split(b"\r\n")[:-1]]
+
+
+def test_reference_positional_form_and_sigterm() -> None:
+    port = free_port()
+    with server_process(str(port), "2") as proc:
+        sends = [
+            b'{"command":"send","topic":"t","msg":"%d","delivery":"all"}\n' % i for i in range(4)
+        ]
+        assert request(port, *sends) == [{"success": True}] * 4
+        replay = request(port, b'{"command":"subscribe","topic":"t"}\n')
+        # CACHE_SIZE 2: only the two newest are replayed.
+        assert [m.get("index") for m in replay] == [None, 2, 3]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+
+
+def test_sigint_stops_with_status_zero() -> None:
+    port = free_port()
+    with server_process("--port", str(port), "--log-level", "debug") as proc:
+        assert request(port) == []
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=10) == 0
+        assert proc.stderr is not None
+        assert "stopped" in proc.stderr.read()
+
+
+def test_port_in_use_is_a_one_line_error() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "mqcore_tcp", "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert result.returncode == 1
+    errors = [x for x in result.stderr.splitlines() if "ERROR" in x]
+    assert len(errors) == 1
+    assert str(port) in errors[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_help_explains_every_option() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "mqcore_tcp", "--help"], capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 0
+    for option in [
+        "--host",
+        "--port",
+        "--cache-size",
+        "--max-line-bytes",
+        "--log-level",
+        "--max-queued-bytes",
+        "PORT",
+        "CACHE_SIZE",
+    ]:
+        assert option in result.stdout
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--port", "70000"],
+        ["--cache-size", "-1"],
+        ["7000", "--port", "7001"],
+        ["x"],
+        ["--max-line-bytes", "0"],
+    ],
+)
+def test_bad_arguments_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        parse_args(argv)
+    assert exc.value.code == 2
+    assert "error" in capsys.readouterr().err
+
+
+def test_defaults_and_forms() -> None:
+    args = parse_args([])
+    assert (args.host, args.port, args.cache_size) == ("127.0.0.1", 7000, 100)
+    args = parse_args(["7100", "5"])
+    assert (args.port, args.cache_size) == (7100, 5)
+    args = parse_args(["--port", "0", "--cache-size", "0"])
+    assert (args.port, args.cache_size) == (0, 0)
