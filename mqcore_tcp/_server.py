@@ -131,7 +131,10 @@ class TCPServer:
                 client.scope = tg.cancel_scope
                 tg.start_soon(self._write_loop, client)
                 await self._read_loop(client)
-                # The peer is done sending: flush what it is owed, then close.
+                # The peer is done sending: it gets no new deliveries (a `one`
+                # message must not go to a peer that may be gone), but what it
+                # is already owed is flushed before the connection closes.
+                self.broker.connection_lost(cid)
                 client.closing = True
                 client.wake.set()
         finally:
@@ -169,7 +172,8 @@ class TCPServer:
                     client.wake = anyio.Event()
                     await client.wake.wait()
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-            pass
+            # Forget it now, not when its tasks finish: nothing more may be routed to it.
+            self.broker.connection_lost(client.cid)
         assert client.scope is not None
         client.scope.cancel()
 

@@ -237,3 +237,17 @@ async def test_bad_input_does_not_disturb_other_clients() -> None:
         ]
         assert await bad.request(send("b", "still fine")) == OK
         assert (await good.read())["msg"] == "still fine"
+
+
+async def test_one_never_goes_to_a_closed_connection() -> None:
+    async with running() as server, client(server) as pub, client(server) as stay:
+        gone = LineClient(await anyio.connect_tcp("127.0.0.1", server.port))
+        for c in (gone, stay):
+            assert await c.request({"command": "subscribe", "topic": "w"}) == OK
+        await gone.stream.send(b"quit\n")
+        with pytest.raises(anyio.EndOfStream):
+            await gone.read()
+        await gone.stream.aclose()
+        for i in range(20):
+            assert await pub.request(send("w", f"j{i}", "one")) == OK
+        assert [m["index"] for m in await stay.read_n(20)] == list(range(20))
