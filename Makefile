@@ -5,6 +5,10 @@ PY     := $(VENV)/bin/python
 HOST   ?= 127.0.0.1
 PORT   ?= 7000
 ARGS   ?=
+# Where `make serve` keeps topics' indices and caches across restarts;
+# `make serve DATA_DIR=` serves in memory instead.
+DATA_DIR ?= ./data
+STORE  := $(if $(DATA_DIR),--data-dir $(DATA_DIR),--in-memory)
 
 .PHONY: serve test check pytest bench bench-smoke clean
 
@@ -18,8 +22,8 @@ $(VENV)/.test-installed: pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	touch $@ $(VENV)/.run-installed
 
-serve: $(VENV)/.run-installed  ## Run the broker on $(HOST):$(PORT)
-	$(PY) -m mqcore_tcp --host $(HOST) --port $(PORT) $(ARGS)
+serve: $(VENV)/.run-installed  ## Run the broker on $(HOST):$(PORT), durable in $(DATA_DIR)
+	$(PY) -m mqcore_tcp --host $(HOST) --port $(PORT) $(STORE) $(ARGS)
 
 test: check pytest  ## Lint, type-check and run the test suite
 

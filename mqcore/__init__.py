@@ -19,14 +19,17 @@ from ._protocol import (
     Delivery,
     Hello,
     HelloReply,
+    Message,
     Reason,
+    Reply,
     Send,
     Subscribe,
     Unsubscribe,
     error_reply,
     hello_reply,
 )
-from ._records import CacheAdd, CacheRemove, NextIndex, Record, TopicState
+from ._records import CacheAdd, CacheRemove, CacheTrim, NextIndex, Record, TopicState
+from ._store import MemoryStore, Snapshot, Store, StoreError
 from ._version import __version__
 
 __all__ = [
@@ -37,16 +40,23 @@ __all__ = [
     "Broker",
     "CacheAdd",
     "CacheRemove",
+    "CacheTrim",
     "Command",
     "ConnectionId",
     "Delivery",
     "Hello",
     "HelloReply",
+    "MemoryStore",
+    "Message",
     "NextIndex",
     "Output",
     "Reason",
     "Record",
+    "Reply",
     "Send",
+    "Snapshot",
+    "Store",
+    "StoreError",
     "Subscribe",
     "TopicState",
     "Unsubscribe",

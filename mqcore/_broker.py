@@ -19,6 +19,7 @@ import msgspec
 from ._protocol import (
     COMMAND_DECODER,
     SUCCESS,
+    Command,
     Hello,
     Reason,
     Send,
@@ -27,7 +28,7 @@ from ._protocol import (
     error_reply,
     hello_reply,
 )
-from ._records import CacheAdd, CacheRemove, NextIndex, Record, TopicState
+from ._records import CacheAdd, CacheRemove, CacheTrim, NextIndex, Record, TopicState
 
 __all__ = ["DEFAULT_CACHE_SIZE", "DEFAULT_MAX_LINE_BYTES", "Broker", "ConnectionId", "Output"]
 
@@ -51,25 +52,31 @@ class Output:
     ``records`` must be stored first (durable brokers only); then each
     connection in ``writes`` is sent its chunks, in order; then each
     connection in ``close`` is closed, after its writes are flushed.
+    ``after_write[cid]`` (durable brokers only) must be stored once the bytes
+    of this output owed to ``cid`` have been handed to its socket, or once
+    ``cid`` is gone: it records that ``delivery: "one"`` messages were
+    consumed, so a crash before the hand-off delivers them again instead of
+    losing them.
     """
 
     writes: dict[ConnectionId, list[bytes]] = field(default_factory=dict)
     close: list[ConnectionId] = field(default_factory=list)
     records: list[Record] = field(default_factory=list)
+    after_write: dict[ConnectionId, list[Record]] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
-        return bool(self.writes or self.close or self.records)
+        return bool(self.writes or self.close or self.records or self.after_write)
 
 
-class _Entry:
+class _Entry(msgspec.Struct, gc=False):
     """A cached message: its index, whether it is a ``one`` message, its wire bytes."""
 
-    __slots__ = ("data", "index", "one")
-
-    def __init__(self, index: int, one: bool, data: bytes) -> None:
-        self.index = index
-        self.one = one
-        self.data = data
+    # A Struct rather than a class with __init__: one is built per cached send,
+    # and a Struct is built in C, about three times faster; gc=False because
+    # it holds no containers, so the garbage collector need not track it.
+    index: int
+    one: bool
+    data: bytes
 
 
 class _Topic:
@@ -109,7 +116,8 @@ class Broker:
     message (pass ``random.Random().randrange``; the default is round robin,
     so that the core needs no randomness of its own). With ``durable=True``
     every change to a topic's index or cache is also emitted as a
-    :class:`Record` in :attr:`Output.records`. ``epoch`` names this run of
+    :class:`Record` in :attr:`Output.records` (or, for the consumption of a
+    ``one`` message, :attr:`Output.after_write`). ``epoch`` names this run of
     index numbering (the transport makes a new one whenever numbering starts
     over); with it the broker answers the ``hello`` handshake, without it
     ``hello`` is an unknown command, as it is for the reference.
@@ -143,6 +151,14 @@ class Broker:
         self._dirty: list[_Connection] = []
         self._close: list[ConnectionId] = []
         self._records: list[Record] = []
+        # Durable only. A topic's records are made once per batch, in
+        # take_output(), not once per message: a store applies a batch
+        # atomically, so only where the batch ended matters. `_bumped` maps a
+        # topic sent to in this batch to its first index in the batch;
+        # `_trimmed` one that evicted to the newest index it evicted.
+        self._bumped: dict[str, int] = {}
+        self._trimmed: dict[str, int] = {}
+        self._after_write: dict[ConnectionId, list[Record]] = {}
 
     # -- the transport's side -------------------------------------------------
 
@@ -172,38 +188,51 @@ class Broker:
         if conn is None or conn.closing:
             return
         buffer = conn.buffer
-        start = 0
         limit = self.max_line_bytes
-        while not conn.closing:
-            end = data.find(b"\n", start)
-            if end < 0:
-                break
+        # One split (in C) frames a whole read: much cheaper than a find()
+        # and a slice per line in Python. The last part is an unfinished line.
+        lines = data.split(b"\n")
+        tail = lines.pop()
+        if lines and (buffer or conn.discarding):
+            # The first line ends one that began in an earlier read.
             if conn.discarding:
-                conn.discarding = False
-            elif buffer:
-                if len(buffer) + end - start > limit:
-                    self._emit(conn, _LINE_TOO_LONG)
-                else:
-                    buffer += data[start:end]
-                    self._line(conn, bytes(buffer))
+                conn.discarding = False  # its "Line too long" was already sent
+                del lines[0]
+            elif len(buffer) + len(lines[0]) > limit:
                 buffer.clear()
-            elif end - start > limit:
+                del lines[0]
                 self._emit(conn, _LINE_TOO_LONG)
             else:
-                self._line(conn, data[start:end])
-            start = end + 1
-        if conn.closing or start == len(data):
+                buffer += lines[0]
+                lines[0] = bytes(buffer)
+                buffer.clear()
+        decode = COMMAND_DECODER.decode
+        for line in lines:
+            # _line(), inlined: this loop runs once per command.
+            if len(line) > limit:
+                self._emit(conn, _LINE_TOO_LONG)
+                continue
+            try:
+                command = decode(line)
+            except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
+                self._bad_line(conn, line)
+                if conn.closing:  # `quit`: ignore the rest
+                    return
+                continue
+            if type(command) is Send:
+                self._send(conn, command, line)
+            else:
+                self._command(conn, command)
+        if not tail or conn.discarding:
             return
         # A partial line: keep it, unless it is already over the limit, in
         # which case answer now and drop bytes until its end arrives.
-        if conn.discarding:
-            return
-        if len(buffer) + len(data) - start > limit:
+        if len(buffer) + len(tail) > limit:
             buffer.clear()
             conn.discarding = True
             self._emit(conn, _LINE_TOO_LONG)
         else:
-            buffer += data[start:]
+            buffer += tail
 
     def take_output(self) -> Output:
         """Return (and forget) everything produced since the last call."""
@@ -213,18 +242,59 @@ class Broker:
                 writes[conn.id] = conn.out
                 conn.out = None
         self._dirty = []
-        output = Output(writes, self._close, self._records)
+        records = self._records
+        if self._bumped:
+            self._topic_records(records)
+        output = Output(writes, self._close, records, self._after_write)
         self._close = []
         self._records = []
+        self._after_write = {}
         return output
 
+    def _topic_records(self, records: list[Record]) -> None:
+        """Append the records of every topic sent to since the last take_output()."""
+        topics = self._topics
+        trimmed = self._trimmed
+        for name, first in self._bumped.items():
+            topic = topics[name]
+            evicted = trimmed.get(name)
+            if evicted is not None:
+                records.append(CacheTrim(name, evicted + 1))
+            # The batch's messages still cached are at the cache's right end;
+            # those already evicted again never need to reach the store.
+            fresh: list[_Entry] = []
+            for entry in reversed(topic.cache):
+                if entry.index < first:
+                    break
+                fresh.append(entry)
+            for entry in reversed(fresh):
+                records.append(
+                    CacheAdd(name, entry.index, "one" if entry.one else "all", entry.data)
+                )
+            records.append(NextIndex(name, topic.next_index))
+        self._bumped = {}
+        if trimmed:
+            self._trimmed = {}
+
     def restore(self, topics: Iterable[TopicState]) -> None:
-        """Load topics saved by a store, before any connection is opened."""
+        """Load topics saved by a store, before any connection is opened.
+
+        A cache holding more than ``cache_size`` messages (a smaller cache size
+        than last run, or ``one`` messages whose consumption was never stored)
+        keeps its newest ones; a durable broker emits a :class:`CacheTrim`
+        record for the rest, for the next :meth:`take_output`.
+        """
         for state in topics:
             topic = self._topic(state.topic)
-            topic.next_index = state.next_index
+            entries = sorted(state.cache, key=lambda entry: entry[0])
+            # Never hand out an index a stored message already has, even if
+            # the store's next index lags behind its cache.
+            topic.next_index = max(state.next_index, entries[-1][0] + 1 if entries else 0)
             topic.cache.clear()
-            for index, delivery, data in state.cache:
+            dropped = entries[: max(0, len(entries) - self.cache_size)]
+            if self._durable and dropped:
+                self._records.append(CacheTrim(state.topic, dropped[-1][0] + 1))
+            for index, delivery, data in entries[len(dropped) :]:
                 topic.cache.append(_Entry(index, delivery == "one", data))
 
     # -- inspection, for tests and monitoring ----------------------------------
@@ -263,7 +333,11 @@ class Broker:
         # Most lines are sends: test for them first.
         if type(command) is Send:
             self._send(conn, command, line)
-        elif type(command) is Subscribe:
+        else:
+            self._command(conn, command)
+
+    def _command(self, conn: _Connection, command: Command) -> None:
+        if type(command) is Subscribe:
             self._subscribe(conn, command)
         elif type(command) is Unsubscribe:
             self._unsubscribe(conn, command)
@@ -333,15 +407,27 @@ class Broker:
                 self._emit(conn, entry.data)
                 consumed = consumed or entry.one
         if consumed:
-            # A replayed `one` message has found its consumer: drop it.
+            # A replayed `one` message has found its consumer: drop it. The
+            # store forgets it only once it is written (at least once).
             kept = [e for e in topic.cache if not (e.one and e.index > last_seen)]
             if self._durable:
-                self._records.extend(
-                    CacheRemove(command.topic, e.index)
-                    for e in topic.cache
-                    if e.one and e.index > last_seen
+                self._consumed(
+                    conn, command.topic, [e for e in topic.cache if e.one and e.index > last_seen]
                 )
             topic.cache = deque(kept, maxlen=self.cache_size)
+
+    def _consumed(self, conn: _Connection, name: str, entries: list[_Entry]) -> None:
+        # Sent in this batch, these would reach the store in take_output(),
+        # which only sees what is still cached: store them now, so that a crash
+        # before their replay is written cannot lose them.
+        first = self._bumped.get(name)
+        if first is not None:
+            self._records.extend(
+                CacheAdd(name, e.index, "one", e.data) for e in entries if e.index >= first
+            )
+        self._after_write.setdefault(conn.id, []).extend(
+            CacheRemove(name, e.index) for e in entries
+        )
 
     def _unsubscribe(self, conn: _Connection, command: Unsubscribe) -> None:
         topic = self._topics.get(command.topic)
@@ -351,28 +437,48 @@ class Broker:
         self._emit(conn, SUCCESS)
 
     def _send(self, conn: _Connection, command: Send, line: bytes) -> None:
-        topic = self._topic(command.topic)
+        topic = self._topics.get(command.topic)
+        if topic is None:
+            topic = self._topic(command.topic)
         index = topic.next_index
         topic.next_index = index + 1
         # Validation rejected every unknown key, so the sender's own object
         # plus its index is the delivered message: splice, don't re-encode.
-        data = b'%s, "index": %d}\r\n' % (line.strip()[:-1], index)
+        # A send's last value is a string, number or boolean, so stripping
+        # JSON whitespace and "}" from the ends removes exactly the closing
+        # brace (and a trailing \r): one copy instead of strip() and a slice.
+        data = line.strip(b" \t\r}") + b', "index": %d}\r\n' % index
         subscribers = topic.snapshot
         cache = command.cache and self.cache_size > 0
         if command.delivery == "all":
+            dirty = self._dirty
             for subscriber in subscribers:
-                self._emit(subscriber, data)
+                # _emit(), inlined: this loop runs once per delivery.
+                out = subscriber.out
+                if out is None:
+                    subscriber.out = [data]
+                    dirty.append(subscriber)
+                else:
+                    out.append(data)
         elif subscribers:
-            self._emit(subscribers[self._pick(topic, len(subscribers))], data)
+            target = subscribers[self._pick(topic, len(subscribers))]
+            self._emit(target, data)
+            if cache and self._durable:
+                # Not cached in memory, but stored as cached until its bytes
+                # are written to `target`: a crash in between delivers it
+                # again after the restart (at least once), never loses it.
+                self._records.append(CacheAdd(command.topic, index, "one", data))
+                self._after_write.setdefault(target.id, []).append(
+                    CacheRemove(command.topic, index)
+                )
             cache = False
         if cache:
             if self._durable and len(topic.cache) == self.cache_size:
-                self._records.append(CacheRemove(command.topic, topic.cache[0].index))
+                self._trimmed[command.topic] = topic.cache[0].index
             topic.cache.append(_Entry(index, command.delivery == "one", data))
         if self._durable:
-            self._records.append(NextIndex(command.topic, index + 1))
-            if cache:
-                self._records.append(CacheAdd(command.topic, index, command.delivery, data))
+            # take_output() turns this into the topic's records for the batch.
+            self._bumped.setdefault(command.topic, index)
         self._emit(conn, SUCCESS)
 
     def _pick(self, topic: _Topic, n: int) -> int:

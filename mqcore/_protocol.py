@@ -21,7 +21,9 @@ __all__ = [
     "Delivery",
     "Hello",
     "HelloReply",
+    "Message",
     "Reason",
+    "Reply",
     "Send",
     "Subscribe",
     "Unsubscribe",
@@ -63,6 +65,31 @@ class Hello(msgspec.Struct, tag="hello", tag_field="command", forbid_unknown_fie
 
 
 Command = Subscribe | Unsubscribe | Send | Hello
+
+
+class Message(msgspec.Struct, tag="send", tag_field="command", frozen=True, gc=False):
+    """A delivered message, as a server writes it: the sender's ``send`` plus ``"index"``.
+
+    Decoding ignores unknown keys (a delivery repeats ``cache`` when the sender
+    gave it), so this reads any server that speaks the protocol.
+    """
+
+    topic: str
+    msg: str
+    delivery: Delivery
+    #: The topic's sequence number for this message, from 0 (see ``last_seen``).
+    index: int
+
+
+class Reply(msgspec.Struct):
+    """The one reply every command line gets: ``{"success": bool, "reason"?: str}``.
+
+    Unknown keys are ignored, so a ``hello`` reply decodes as a ``Reply`` too.
+    """
+
+    success: bool
+    reason: str = ""
+
 
 #: One decoder for every line: building a Decoder is costly, reusing one is not.
 COMMAND_DECODER: Final = msgspec.json.Decoder(Command)

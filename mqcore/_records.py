@@ -1,29 +1,48 @@
 """What a durable broker asks its store to keep.
 
-The broker emits these in :attr:`Output.records`; a store applies one batch
-of them atomically, and gives :class:`TopicState` back at start-up.
+The broker emits these in :attr:`Output.records` (stored before the output's
+bytes are written) and :attr:`Output.after_write` (stored after them). A store
+applies each batch atomically and in order, and gives :class:`TopicState`
+back at start-up; a store may merge several batches into one transaction.
+
+A durable broker makes a topic's records once per output, not once per
+message: a :class:`CacheTrim` if messages were evicted, a :class:`CacheAdd`
+for each message of the output still cached (one added and evicted again
+within the output never reaches the store), then its :class:`NextIndex`.
+Records of a ``one`` message delivered live, or consumed by a replay, come
+where they happen. A store applies them in order; it may merge the batches of
+several outputs into one transaction.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import msgspec
+
 from ._protocol import Delivery
 
-__all__ = ["CacheAdd", "CacheRemove", "NextIndex", "Record", "TopicState"]
+__all__ = ["CacheAdd", "CacheRemove", "CacheTrim", "NextIndex", "Record", "TopicState"]
+
+# The records are frozen msgspec Structs rather than frozen dataclasses: a
+# durable broker makes one or two per message, and a Struct is several times
+# cheaper to build. They hold only str, int and bytes, so gc=False is safe.
 
 
-@dataclass(frozen=True, slots=True)
-class NextIndex:
-    """``topic``'s next message will get ``next_index``."""
+class NextIndex(msgspec.Struct, frozen=True, gc=False):
+    """``topic``'s next message will get ``next_index`` (it only ever grows)."""
 
     topic: str
     next_index: int
 
 
-@dataclass(frozen=True, slots=True)
-class CacheAdd:
-    """A message entered ``topic``'s cache; ``data`` is its wire bytes."""
+class CacheAdd(msgspec.Struct, frozen=True, gc=False):
+    """A message entered ``topic``'s cache; ``data`` is its wire bytes.
+
+    Also emitted for a ``one`` message delivered live (so not cached in
+    memory): the store keeps it until the matching :class:`CacheRemove` in
+    :attr:`Output.after_write` says its bytes were written to the consumer.
+    """
 
     topic: str
     index: int
@@ -31,15 +50,27 @@ class CacheAdd:
     data: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class CacheRemove:
-    """The cached message ``index`` of ``topic`` left the cache (evicted or consumed)."""
+class CacheRemove(msgspec.Struct, frozen=True, gc=False):
+    """The cached ``one`` message ``index`` of ``topic`` was consumed (its bytes are written)."""
 
     topic: str
     index: int
 
 
-Record = NextIndex | CacheAdd | CacheRemove
+class CacheTrim(msgspec.Struct, frozen=True, gc=False):
+    """Every cached message of ``topic`` with an index below ``below`` was evicted.
+
+    One per topic per batch replaces a record per evicted message. It may
+    also drop a ``one`` message still awaiting its :class:`CacheRemove`: that
+    one is older than a whole cache of newer messages, so a restart would
+    not have replayed it either.
+    """
+
+    topic: str
+    below: int
+
+
+Record = NextIndex | CacheAdd | CacheRemove | CacheTrim
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,10 +1,23 @@
 """mqcore_tcp: serve a :class:`mqcore.Broker` over TCP with anyio.
 
 ``python -m mqcore_tcp`` runs the standalone server; :func:`serve` and
-:class:`TCPServer` embed it in an async application or a test.
+:class:`TCPServer` embed it in an async application or a test;
+:class:`SQLiteStore` makes it durable (``--data-dir``).
 """
 
 from ._cli import main, parse_args
 from ._server import DEFAULT_MAX_QUEUED_BYTES, DEFAULT_PORT, TCPServer, serve
+from ._sqlite_store import DEFAULT_FSYNC, FSYNC_MODES, FsyncMode, SQLiteStore
 
-__all__ = ["DEFAULT_MAX_QUEUED_BYTES", "DEFAULT_PORT", "TCPServer", "main", "parse_args", "serve"]
+__all__ = [
+    "DEFAULT_FSYNC",
+    "DEFAULT_MAX_QUEUED_BYTES",
+    "DEFAULT_PORT",
+    "FSYNC_MODES",
+    "FsyncMode",
+    "SQLiteStore",
+    "TCPServer",
+    "main",
+    "parse_args",
+    "serve",
+]

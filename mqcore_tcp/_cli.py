@@ -10,9 +10,10 @@ from collections.abc import Sequence
 
 import anyio
 
-from mqcore import DEFAULT_CACHE_SIZE, DEFAULT_MAX_LINE_BYTES
+from mqcore import DEFAULT_CACHE_SIZE, DEFAULT_MAX_LINE_BYTES, StoreError
 
 from ._server import DEFAULT_MAX_QUEUED_BYTES, DEFAULT_PORT, TCPServer
+from ._sqlite_store import DEFAULT_FSYNC, FSYNC_MODES, SQLiteStore
 
 __all__ = ["main", "parse_args"]
 
@@ -96,7 +97,40 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         type=str.upper,
         help="logging level (default: %(default)s)",
     )
+    storage = parser.add_argument_group(
+        "durability",
+        "Without --data-dir the broker keeps everything in memory, like the reference: "
+        "a restart forgets every cached message and numbers each topic from 0 again. "
+        "With it, each topic's next index and cache are stored in DIR/mqcore.db (SQLite), "
+        "and a reply or delivery is written only after what it reports is stored.",
+    )
+    where = storage.add_mutually_exclusive_group()
+    where.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="keep topics' indices and caches in DIR (created if missing) across restarts",
+    )
+    where.add_argument(
+        "--in-memory",
+        action="store_true",
+        help="keep nothing on disk (the default without --data-dir)",
+    )
+    storage.add_argument(
+        "--fsync",
+        choices=FSYNC_MODES,
+        default=None,
+        help="when stored data is forced to disk, like Redis's appendfsync: "
+        "'always' fsyncs every group commit, so an acknowledged message survives power "
+        "loss too (slowest); 'batch' writes every commit to the OS before replying and "
+        "fsyncs only at checkpoints, so acknowledged messages survive the server being "
+        "killed (SIGKILL), but power loss may lose the last few; 'off' never fsyncs: also "
+        "survives SIGKILL, but power loss may lose more or damage the file "
+        f"(default: {DEFAULT_FSYNC})",
+    )
     args = parser.parse_args(argv)
+    if args.fsync is not None and args.data_dir is None:
+        parser.error("--fsync needs --data-dir")
+    args.fsync = args.fsync or DEFAULT_FSYNC
     if args.pos_port is not None and args.port is not None:
         parser.error("give the port either as PORT or as --port, not both")
     if args.pos_cache_size is not None and args.cache_size is not None:
@@ -115,13 +149,30 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 async def _run(args: argparse.Namespace) -> None:
-    server = TCPServer(
-        host=args.host,
-        port=args.port,
-        cache_size=args.cache_size,
-        max_line_bytes=args.max_line_bytes,
-        max_queued_bytes=args.max_queued_bytes,
-    )
+    store = None
+    try:
+        if args.data_dir is not None:
+            store = SQLiteStore.in_directory(args.data_dir, fsync=args.fsync)
+        server = TCPServer(
+            host=args.host,
+            port=args.port,
+            cache_size=args.cache_size,
+            max_line_bytes=args.max_line_bytes,
+            max_queued_bytes=args.max_queued_bytes,
+            store=store,
+        )
+        if store is not None:
+            log.info("durable: store %s (fsync %s)", store.path, args.fsync)
+        await _serve(server, args)
+    except StoreError as exc:
+        log.error("%s", exc)
+        raise SystemExit(1) from None
+    finally:
+        if store is not None:
+            store.close()
+
+
+async def _serve(server: TCPServer, args: argparse.Namespace) -> None:
     try:
         await server.bind()
     except OSError as exc:

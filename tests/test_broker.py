@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from mqcore import Broker, CacheAdd, CacheRemove, NextIndex, Reason, TopicState
+from mqcore import Broker, CacheAdd, CacheRemove, CacheTrim, NextIndex, Reason, TopicState
 
 from .helpers import Harness, line
 
@@ -434,13 +434,14 @@ def test_durable_broker_emits_records_and_restores_exactly() -> None:
     broker.receive_data(p, line(send("t", "m0")) + line(send("t", "m1", "one")))
     broker.receive_data(p, line(send("t", "m2", cache=False)) + line(send("t", "m3")))
     records = broker.take_output().records
-    assert [r for r in records if isinstance(r, NextIndex)][-1] == NextIndex("t", 4)
-    assert CacheRemove("t", 0) in records  # evicted by m3
-    adds = [r.index for r in records if isinstance(r, CacheAdd)]
-    assert adds == [0, 1, 3]
+    assert [r for r in records if isinstance(r, NextIndex)] == [NextIndex("t", 4)]
+    assert CacheTrim("t", 1) in records  # m0 was cached and evicted within the batch: never stored
+    assert [r.index for r in records if isinstance(r, CacheAdd)] == [1, 3]
     a = broker.open_connection()
     broker.receive_data(a, line(sub("t")))
-    assert broker.take_output().records == [CacheRemove("t", 1)]  # consumed `one`
+    out = broker.take_output()
+    assert out.records == []
+    assert out.after_write == {a: [CacheRemove("t", 1)]}  # stored once the replay is written
 
     restored = Broker(cache_size=2)
     restored.restore([TopicState("t", 4, [(3, "all", broker.cached("t")[0])])])

@@ -1,0 +1,168 @@
+"""Core-only benchmark: bytes fed to a :class:`mqcore.Broker` in-process, no sockets.
+
+Measures the protocol core alone, so a core regression shows up without
+network or event-loop noise::
+
+    python benchmarks/core_bench.py            # ~2 s per case
+    python benchmarks/core_bench.py --quick    # smoke run
+    python benchmarks/core_bench.py --json out.json
+
+Cases:
+
+``publish 1->1``
+    one publisher pipelines sends to one subscriber, in 256 KiB reads
+    (lines split across reads, as on a socket), default cache of 100;
+``fan-out 1->50``
+    the same with 50 subscribers; the rate counts deliveries;
+``cache replay``
+    a subscriber re-subscribes to a topic with a full cache of 100
+    messages, over and over; the rate counts replayed messages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+from mqcore import Broker
+
+__all__ = ["CaseResult", "main", "run_cases"]
+
+#: The size of one socket read in the TCP server, so chunks split lines the same way.
+READ_SIZE = 256 << 10
+PAYLOAD = b"0123456789x" * 5 + b"012345678"  # 64 bytes, like mqload's default
+
+
+def _send_line(topic: bytes) -> bytes:
+    # Byte for byte what mqload sends (compact JSON, CRLF).
+    return b'{"command":"send","topic":"%s","msg":"%s","delivery":"all"}\r\n' % (topic, PAYLOAD)
+
+
+@dataclass
+class CaseResult:
+    """One case's outcome: ``units`` (messages or deliveries) per round, each round's time.
+
+    Rounds are timed in process CPU time. ``rate`` is the best round's rate
+    (as ``timeit`` does: the fastest round is the one least disturbed);
+    ``median_rate`` is reported too.
+    """
+
+    name: str
+    unit: str
+    units: int
+    round_seconds: list[float]
+
+    @property
+    def rate(self) -> float:
+        """Units per second in the fastest round."""
+        return self.units / min(self.round_seconds)
+
+    @property
+    def median_rate(self) -> float:
+        """Units per second in the median round."""
+        return self.units / statistics.median(self.round_seconds)
+
+
+def _chunks(stream: bytes) -> list[bytes]:
+    return [stream[i : i + READ_SIZE] for i in range(0, len(stream), READ_SIZE)]
+
+
+def _timed(duration: float, one_round: Callable[[], object]) -> list[float]:
+    """Time calls of ``one_round`` until ``duration`` has passed (at least 3 rounds)."""
+    one_round()  # warm-up: first-use costs (topic creation, cache filling) are not measured
+    times: list[float] = []
+    end = time.perf_counter() + duration
+    while len(times) < 3 or time.perf_counter() < end:
+        # CPU time, not wall time: on a shared machine, time spent waiting
+        # for a core is not the broker's cost.
+        start = time.process_time()
+        one_round()
+        times.append(time.process_time() - start)
+    return times
+
+
+def bench_publish(subscribers: int, duration: float, messages: int = 20_000) -> CaseResult:
+    """One publisher pipelining ``messages`` sends per round to ``subscribers`` subscribers."""
+    broker = Broker()
+    for _ in range(subscribers):
+        sub = broker.open_connection()
+        broker.receive_data(sub, b'{"command":"subscribe","topic":"t"}\r\n')
+    pub = broker.open_connection()
+    broker.take_output()
+    chunks = _chunks(_send_line(b"t") * messages)
+    written = 0
+
+    def one_round() -> None:
+        nonlocal written
+        receive = broker.receive_data
+        take = broker.take_output
+        for chunk in chunks:
+            receive(pub, chunk)
+            # The server joins each connection's chunks into one write: so do we.
+            for out in take().writes.values():
+                written += len(b"".join(out))
+
+    times = _timed(duration, one_round)
+    units = messages * subscribers
+    if subscribers == 1:
+        return CaseResult("publish 1->1", "msg/s", units, times)
+    return CaseResult(f"fan-out 1->{subscribers}", "deliveries/s", units, times)
+
+
+def bench_replay(duration: float, cache_size: int = 100, rounds: int = 200) -> CaseResult:
+    """Re-subscribe to a topic whose cache is full; count the replayed messages."""
+    broker = Broker(cache_size=cache_size)
+    pub = broker.open_connection()
+    broker.receive_data(pub, _send_line(b"t") * cache_size)
+    sub = broker.open_connection()
+    again = (
+        b'{"command":"subscribe","topic":"t"}\r\n{"command":"unsubscribe","topic":"t"}\r\n'
+    ) * rounds
+    broker.take_output()
+
+    def one_round() -> None:
+        broker.receive_data(sub, again)
+        b"".join(broker.take_output().writes[sub])
+
+    return CaseResult("cache replay", "msg/s", rounds * cache_size, _timed(duration, one_round))
+
+
+def run_cases(duration: float) -> list[CaseResult]:
+    """Run every case for about ``duration`` seconds each."""
+    return [
+        bench_publish(1, duration),
+        bench_publish(50, duration, messages=2_000),
+        bench_replay(duration),
+    ]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the core benchmark, print a table and optionally write JSON."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=2.0, help="seconds per case")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 0.2 s per case")
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    args = parser.parse_args(argv)
+    duration = 0.2 if args.quick else args.duration
+    results = run_cases(duration)
+    print(f"{'core case':<16} {'best':>12} {'median':>12}  unit")
+    for r in results:
+        print(f"{r.name:<16} {r.rate:>12,.0f} {r.median_rate:>12,.0f}  {r.unit}")
+    if args.json:
+        report = {
+            "python": sys.version.split()[0],
+            "duration": duration,
+            "cases": [{**asdict(r), "rate": r.rate, "median_rate": r.median_rate} for r in results],
+        }
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(report, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,461 @@
+"""Benchmark the mqcore server over loopback TCP, with the shared load generator.
+
+::
+
+    python -m benchmarks.run                  # every workload, 5 s each
+    python -m benchmarks.run --quick          # smoke run, ~1 s each
+    python -m benchmarks.run --mosquitto      # mosquitto side by side (needs mqload)
+    python -m benchmarks.run --compare-ref HEAD --server-arg=--cache-size=0
+
+For each workload the runner starts ``python -m mqcore_tcp`` as a subprocess
+on a free loopback port, drives it with ``mqload`` (the Rust load generator
+in ``../shared/loadgen``) when it is found, and otherwise with a pure-Python
+asyncio driver, labelled ``python-driver`` in the output. It prints a table
+and writes the raw results as JSON (to ``benchmarks/results/`` by default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as `python benchmarks/run.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.pydriver import DRIVER_NAME, proc_status_kb, run_workload
+
+__all__ = ["WORKLOADS", "find_mqload", "main"]
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+DEFAULT_MQLOAD = Path("/tmp/mqload/release/mqload")
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One row of the benchmark: an mqload workload and its options."""
+
+    key: str
+    name: str
+    opts: dict[str, Any]
+    target: str
+
+
+WORKLOADS: tuple[Workload, ...] = (
+    Workload("throughput-1", "throughput", {"subs": 1}, ">= mosquitto and >= 10x reference"),
+    Workload("throughput-50", "throughput", {"subs": 50}, ">= 1,000,000 deliveries/s"),
+    Workload("pairs", "pairs", {"pairs": 20}, ">= mosquitto"),
+    Workload("latency", "latency", {"rate": 20000}, "p99 < 2 ms"),
+    Workload("conns", "conns", {"conns": 5000, "rounds": 5}, "all receive"),
+)
+
+
+@dataclass
+class Variant:
+    """A broker to measure: mqcore from some source tree, or mosquitto."""
+
+    label: str
+    proto: str
+    env: dict[str, str] = field(default_factory=dict)
+    mosquitto: str | None = None
+
+
+# -- finding the load generator ---------------------------------------------------------
+
+
+def find_mqload(explicit: str | None = None) -> str | None:
+    """The mqload binary: ``explicit``, ``$MQLOAD``, the shared build dir, or ``PATH``."""
+    candidates = [
+        explicit,
+        os.environ.get("MQLOAD"),
+        str(DEFAULT_MQLOAD),
+        str(ROOT.parent / "shared" / "loadgen" / "target" / "release" / "mqload"),
+        shutil.which("mqload"),
+    ]
+    for candidate in candidates:
+        if candidate and os.access(candidate, os.X_OK) and Path(candidate).is_file():
+            return candidate
+    return None
+
+
+def build_mqload() -> str | None:
+    """Build mqload from ``../shared/loadgen`` into a temporary target dir, if cargo exists."""
+    cargo = shutil.which("cargo")
+    manifest = ROOT.parent / "shared" / "loadgen" / "Cargo.toml"
+    if cargo is None or not manifest.is_file():
+        return None
+    target = Path(tempfile.gettempdir()) / "mqload"
+    print(f"building mqload into {target} ...", file=sys.stderr)
+    done = subprocess.run(
+        [
+            cargo,
+            "build",
+            "--release",
+            "--manifest-path",
+            str(manifest),
+            "--target-dir",
+            str(target),
+        ],
+        check=False,
+    )
+    binary = target / "release" / "mqload"
+    return str(binary) if done.returncode == 0 and binary.is_file() else None
+
+
+# -- servers ------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A loopback port that was free a moment ago (the server binds it next)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with status {proc.returncode}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"server did not listen on port {port} within {timeout} s")
+
+
+@dataclass
+class Server:
+    """A running broker process."""
+
+    proc: subprocess.Popen[bytes]
+    port: int
+    log: Path
+    exit_status: int | None = None
+
+
+@contextlib.contextmanager
+def start_server(variant: Variant, server_args: Sequence[str], workdir: Path) -> Iterator[Server]:
+    """Run the variant's broker on a free port; stop it (SIGTERM) on exit."""
+    port = free_port()
+    log = workdir / f"{variant.label.replace('/', '_')}-{port}.log"
+    if variant.mosquitto:
+        conf = workdir / f"mosquitto-{port}.conf"
+        conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n")
+        cmd = [variant.mosquitto, "-c", str(conf)]
+    else:
+        cmd = [sys.executable, "-m", "mqcore_tcp", "--host", "127.0.0.1", "--port", str(port)]
+        cmd += ["--log-level", "WARNING", *server_args]
+    env = {**os.environ, **variant.env}
+    with log.open("wb") as out:
+        # cwd is a scratch dir, so `-m` does not import from wherever the runner was started.
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=workdir, env=env)
+    server = Server(proc, port, log)
+    try:
+        _wait_listening(port, proc)
+        yield server
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        server.exit_status = proc.returncode
+
+
+# -- running workloads -------------------------------------------------------------------
+
+
+def _mqload_run(
+    mqload: str, workload: Workload, variant: Variant, port: int, pid: int, timing: dict[str, Any]
+) -> dict[str, Any]:
+    opts = {**workload.opts, **timing}
+    cmd = [mqload, workload.name, "--proto", variant.proto, "--port", str(port)]
+    for key, value in opts.items():
+        if key in {"subs", "pairs", "rate", "conns", "rounds", "duration", "warmup", "drain"}:
+            cmd += [f"--{key}", str(value)]
+    cmd += ["--broker-pid", str(pid), "--tag", f"variant={variant.label}"]
+    timeout = float(opts["duration"]) + float(opts["warmup"]) + float(opts["drain"]) + 120
+    try:
+        done = subprocess.run(cmd, capture_output=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        return {"ok": False, "error": f"mqload timed out after {timeout:.0f} s"}
+    try:
+        result: dict[str, Any] = json.loads(done.stdout)
+    except ValueError:
+        err = done.stderr.decode(errors="replace").strip()
+        return {"ok": False, "error": f"mqload exit {done.returncode}: {err[-500:]}"}
+    result["driver"] = "mqload"
+    return result
+
+
+def run_one(
+    workload: Workload,
+    variant: Variant,
+    mqload: str | None,
+    server_args: Sequence[str],
+    timing: dict[str, Any],
+    workdir: Path,
+) -> dict[str, Any]:
+    """Start a fresh server, run one workload against it, and stop it."""
+    base: dict[str, Any] = {"variant": variant.label, "key": workload.key}
+    try:
+        with start_server(variant, server_args, workdir) as server:
+            pid = server.proc.pid
+            if mqload is not None:
+                result = _mqload_run(mqload, workload, variant, server.port, pid, timing)
+            else:
+                result = run_workload(workload.name, server.port, {**workload.opts, **timing}, pid)
+            result.setdefault("broker_hwm_kb", proc_status_kb(pid, "VmHWM"))
+    except RuntimeError as exc:
+        return {**base, "ok": False, "error": str(exc)}
+    result = {**base, **result, "server_exit_status": server.exit_status}
+    if server.exit_status not in (0, None) and not variant.mosquitto:
+        result.setdefault("notes", []).append(f"server exited {server.exit_status}")
+        tail = server.log.read_text(errors="replace")[-2000:]
+        result["server_log_tail"] = tail
+    return result
+
+
+# -- reporting ---------------------------------------------------------------------------
+
+
+def _fmt(value: Any, digits: int = 0) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, (int, float)):
+        return f"{value:,.{digits}f}"
+    return str(value)
+
+
+def _row(r: dict[str, Any]) -> list[str]:
+    key = r.get("key", "?")
+    rate = r.get("rate_achieved") if key == "latency" else r.get("deliver_rate")
+    hwm = r.get("broker_hwm_kb")
+    status = "ok" if r.get("ok") else f"FAILED: {r.get('error', '?')}"
+    if key == "conns" and r.get("ok"):
+        received = r.get("received") or []
+        status = f"all {r.get('conns')} received" if not r.get("incomplete_rounds") else "MISSED"
+        if received and min(received) < int(r.get("conns", 0)):
+            status = f"MISSED (min {min(received)})"
+    return [
+        str(r.get("variant")),
+        key,
+        str(r.get("driver", "?")),
+        _fmt(rate),
+        _fmt(r.get("p50_us"), 1),
+        _fmt(r.get("p99_us"), 1),
+        _fmt(r.get("p999_us"), 1),
+        _fmt(r.get("fanout_ms_median"), 1),
+        _fmt(r.get("broker_kb_per_conn"), 1),
+        _fmt(r.get("broker_cpu_pct"), 0),
+        _fmt(r.get("other_cpu_pct"), 0),
+        _fmt(hwm / 1024 if isinstance(hwm, (int, float)) else None, 1),
+        status,
+    ]
+
+
+HEADER = [
+    "broker",
+    "workload",
+    "driver",
+    "rate/s",
+    "p50 us",
+    "p99 us",
+    "p99.9 us",
+    "fanout ms",
+    "KB/conn",
+    "CPU %",
+    "other %",
+    "peak MB",
+    "status",
+]
+
+
+def format_table(results: Sequence[dict[str, Any]]) -> str:
+    """The results as a plain-text table.
+
+    ``rate/s`` is deliveries per second (sends per second for ``latency``);
+    ``CPU %`` is the broker's (100 = one core); ``other %`` is the CPU that
+    other processes on the machine used meanwhile (a disturbed run shows there).
+    """
+    rows = [HEADER, *(_row(r) for r in results)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(HEADER))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _raise_fd_limit(conns: int) -> int:
+    """Raise the open-file limit (inherited by the server and mqload) for ``conns``."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = conns * 2 + 256
+    if soft < want:
+        new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    # Each connection needs a descriptor in the server and one in the driver.
+    return min(conns, (soft - 256) // 2) if soft != resource.RLIM_INFINITY else conns
+
+
+def _ref_tree(ref: str, workdir: Path) -> Path:
+    dest = workdir / f"ref-{ref.replace('/', '_')}"
+    dest.mkdir()
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", ref, "mqcore", "mqcore_tcp"],
+        capture_output=True,
+        check=True,
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    return dest
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The runner's command line."""
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.run",
+        description="Benchmark mqcore over loopback TCP with mqload (or a Python driver).",
+    )
+    parser.add_argument("--quick", action="store_true", help="smoke run: ~1 s per workload")
+    parser.add_argument("--duration", type=float, help="measured seconds per workload [5]")
+    parser.add_argument(
+        "--workloads",
+        default=",".join(w.key for w in WORKLOADS),
+        help="comma-separated subset of: %(default)s",
+    )
+    parser.add_argument("--conns", type=int, help="connections for `conns` [5000; quick 300]")
+    parser.add_argument(
+        "--server-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="pass ARG to `python -m mqcore_tcp` (repeatable), e.g. --server-arg=--cache-size=0",
+    )
+    parser.add_argument("--mqload", help="path of the mqload binary (default: $MQLOAD, ...)")
+    parser.add_argument(
+        "--driver",
+        choices=["auto", "mqload", "python"],
+        default="auto",
+        help="load driver: mqload if found (auto), mqload (fail if missing), or python",
+    )
+    parser.add_argument(
+        "--build-mqload", action="store_true", help="build mqload with cargo when it is missing"
+    )
+    parser.add_argument(
+        "--mosquitto", action="store_true", help="also run mosquitto (MQTT) side by side"
+    )
+    parser.add_argument(
+        "--compare-ref",
+        action="append",
+        default=[],
+        metavar="REF",
+        help="also run mqcore as of git REF (repeatable), side by side",
+    )
+    parser.add_argument("--json", metavar="PATH", help="where to write JSON results")
+    parser.add_argument("--no-json", action="store_true", help="do not write JSON")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmarks; return 0 when every run completed, 1 otherwise."""
+    args = parse_args(argv)
+    keys = [k.strip() for k in args.workloads.split(",") if k.strip()]
+    unknown = set(keys) - {w.key for w in WORKLOADS}
+    if unknown:
+        print(f"unknown workload(s): {', '.join(sorted(unknown))}", file=sys.stderr)
+        return 2
+    workloads = [w for w in WORKLOADS if w.key in keys]
+
+    mqload: str | None = None
+    if args.driver != "python":
+        mqload = find_mqload(args.mqload) or (build_mqload() if args.build_mqload else None)
+        if mqload is None and args.driver == "mqload":
+            print("mqload not found (set MQLOAD or use --build-mqload)", file=sys.stderr)
+            return 2
+    if mqload is None and args.driver == "auto":
+        print(f"mqload not found: using the slow {DRIVER_NAME}", file=sys.stderr)
+
+    duration = args.duration or (1.0 if args.quick else 5.0)
+    timing: dict[str, Any] = {
+        "duration": duration,
+        "warmup": 0.2 if args.quick else 1.0,
+        "drain": 1.0 if args.quick else 3.0,
+    }
+    conns = _raise_fd_limit(args.conns or (300 if args.quick else 5000))
+    workloads = [
+        Workload(
+            w.key, w.name, {**w.opts, "conns": conns, "rounds": 2 if args.quick else 5}, w.target
+        )
+        if w.key == "conns"
+        else w
+        for w in workloads
+    ]
+
+    results: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="mqbench-") as tmp:
+        workdir = Path(tmp)
+        variants = [Variant("mqcore", "aiomemq", {"PYTHONPATH": str(ROOT)})]
+        for ref in args.compare_ref:
+            variants.append(
+                Variant(f"mqcore@{ref}", "aiomemq", {"PYTHONPATH": str(_ref_tree(ref, workdir))})
+            )
+        if args.mosquitto:
+            binary = shutil.which("mosquitto") or (
+                "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
+            )
+            if binary is None or mqload is None:
+                print("--mosquitto needs mosquitto and mqload: skipped", file=sys.stderr)
+            else:
+                variants.append(Variant("mosquitto", "mqtt", mosquitto=binary))
+        for workload in workloads:
+            # Variants alternate within a workload, so a noisy moment hits both alike.
+            for variant in variants:
+                result = run_one(workload, variant, mqload, args.server_arg, timing, workdir)
+                result["target"] = workload.target
+                results.append(result)
+                progress = _row(result)
+                print(f"{progress[0]} {progress[1]}: {progress[-1]}", file=sys.stderr, flush=True)
+
+    print(format_table(results))
+    report = {
+        "started": dt.datetime.now().isoformat(timespec="seconds"),
+        "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
+        "driver": "mqload" if mqload else DRIVER_NAME,
+        "mqload": mqload,
+        "quick": args.quick,
+        "timing": timing,
+        "server_args": args.server_arg,
+        "results": results,
+    }
+    if not args.no_json:
+        path = Path(args.json) if args.json else RESULTS_DIR / _stamp()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=2))
+        print(f"results written to {path}")
+    return 0 if all(r.get("ok") for r in results) else 1
+
+
+def _stamp() -> str:
+    return dt.datetime.now().strftime("bench-%Y%m%d-%H%M%S.json")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,204 @@
+"""The blocking client: the async client, run by an event loop in a background thread.
+
+Wrapping rather than re-implementing keeps one copy of the protocol handling
+(reply matching, resume, the epoch rule) for both clients.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack
+from functools import partial
+from types import TracebackType
+from typing import Any, TypeVar
+
+import anyio
+from anyio.from_thread import BlockingPortal, start_blocking_portal
+
+from mqcore import Delivery, HelloReply
+
+from ._async import DEFAULT_HOST, DEFAULT_PORT, Client, Received, Subscription, connect
+from ._errors import MQError, MQTimeoutError
+
+__all__ = ["SyncClient", "SyncSubscription"]
+
+T = TypeVar("T")
+
+
+class SyncClient:
+    """A blocking client for scripts and REPLs: ``with SyncClient(host, port) as client:``.
+
+    Takes the same keyword options as :func:`mqcore_client.connect`
+    (``connect_timeout``, ``reconnect``, ``offline_timeout``, ...) and raises
+    the same errors. It is safe to use from several threads.
+    """
+
+    def __init__(self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, **options: Any) -> None:
+        self.host = host
+        self.port = port
+        self._options = options
+        self._stack: ExitStack | None = None
+        self._portal: BlockingPortal | None = None
+        self._client: Client | None = None
+
+    def __enter__(self) -> SyncClient:
+        stack = ExitStack()
+        try:
+            self._portal = stack.enter_context(start_blocking_portal())
+            self._client = stack.enter_context(
+                self._portal.wrap_async_context_manager(
+                    connect(self.host, self.port, **self._options)
+                )
+            )
+        except BaseException:
+            stack.close()
+            raise
+        self._stack = stack
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            stack.__exit__(exc_type, exc, tb)
+
+    def close(self) -> None:
+        """Flush what was published and disconnect (what leaving the ``with`` block does)."""
+        self.__exit__(None, None, None)
+
+    @property
+    def server(self) -> HelloReply | None:
+        """The server's ``hello`` reply, or ``None`` for a plain (reference) server."""
+        return self._async().server
+
+    @property
+    def epoch(self) -> str | None:
+        """The server's current index-numbering epoch (``None`` for a plain server)."""
+        return self._async().epoch
+
+    def send(self, topic: str, msg: str, delivery: Delivery = "all", cache: bool = True) -> None:
+        """Send a message; return once the server has acknowledged it."""
+        client = self._async()
+        self._call(partial(client.send, topic, msg, delivery, cache))
+
+    def publish(self, topic: str, msg: str, delivery: Delivery = "all", cache: bool = True) -> None:
+        """Queue a message without waiting for its reply; see :meth:`flush`."""
+        client = self._async()
+        self._call(partial(client.publish, topic, msg, delivery, cache))
+
+    def flush(self) -> None:
+        """Wait for the replies to everything published; raise if any failed."""
+        self._call(self._async().flush)
+
+    def subscribe(
+        self,
+        topic: str,
+        last_seen: int | None = None,
+        cache: bool = True,
+        *,
+        epoch: str | None = None,
+        timeout: float | None = None,
+        max_queued: int | None = None,
+    ) -> SyncSubscription:
+        """Return a subscription: ``with client.subscribe(topic) as sub: for msg in sub:``.
+
+        Iteration stops when no message arrives for ``timeout`` seconds
+        (``None``: never). The other arguments are those of
+        :meth:`mqcore_client.Client.subscribe`.
+        """
+        client = self._async()
+        sub = client.subscribe(topic, last_seen, cache, epoch=epoch, max_queued=max_queued)
+        return SyncSubscription(self._portal_or_raise(), sub, timeout)
+
+    def _async(self) -> Client:
+        if self._client is None or self._stack is None:
+            raise RuntimeError("use `with SyncClient(...) as client:` first")
+        return self._client
+
+    def _portal_or_raise(self) -> BlockingPortal:
+        self._async()
+        assert self._portal is not None
+        return self._portal
+
+    def _call(self, func: Callable[[], Awaitable[T]]) -> T:
+        return self._portal_or_raise().call(func)
+
+
+class SyncSubscription:
+    """A subscription for blocking code: a context manager and an iterator.
+
+    ``for msg in sub`` yields :class:`mqcore_client.Received` messages and
+    stops after ``timeout`` seconds without one; :meth:`get` raises
+    :class:`mqcore_client.MQTimeoutError` instead.
+    """
+
+    def __init__(self, portal: BlockingPortal, sub: Subscription, timeout: float | None) -> None:
+        self._portal = portal
+        self._sub = sub
+        self._cm: AbstractContextManager[Subscription] | None = None
+        self.timeout = timeout
+
+    @property
+    def topic(self) -> str:
+        """The subscribed topic."""
+        return self._sub.topic
+
+    @property
+    def epoch(self) -> str | None:
+        """The epoch of the last message returned (see :attr:`Subscription.epoch`)."""
+        return self._sub.epoch
+
+    @property
+    def last_index(self) -> int | None:
+        """The index of the last message returned, to save for resuming."""
+        return self._sub.last_index
+
+    def __enter__(self) -> SyncSubscription:
+        self._cm = self._portal.wrap_async_context_manager(self._sub)
+        self._cm.__enter__()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        cm, self._cm = self._cm, None
+        if cm is not None:
+            cm.__exit__(exc_type, exc, tb)
+
+    def get(self, timeout: float | None = None) -> Received:
+        """Return the next message; wait at most ``timeout`` seconds (``None``: forever).
+
+        Raises :class:`MQTimeoutError` on timeout, the subscription's error if
+        it failed (e.g. :class:`SubscriptionOverflowError`), and
+        :class:`MQError` once it has ended.
+        """
+        message = self._portal.call(self._next, timeout)
+        if message is None:
+            raise MQError(f"the subscription to {self.topic!r} has ended")
+        return message
+
+    def __iter__(self) -> Iterator[Received]:
+        while True:
+            try:
+                message = self._portal.call(self._next, self.timeout)
+            except MQTimeoutError:
+                return
+            if message is None:
+                return
+            yield message
+
+    async def _next(self, seconds: float | None) -> Received | None:
+        try:
+            with anyio.fail_after(seconds):
+                return await self._sub.__anext__()
+        except StopAsyncIteration:
+            return None
+        except TimeoutError:
+            raise MQTimeoutError(f"no message on {self.topic!r} within {seconds} s") from None

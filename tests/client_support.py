@@ -1,0 +1,101 @@
+"""Test support for the client: an in-process server, and a TCP proxy that can drop connections."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import anyio.abc
+from anyio.abc import SocketAttribute
+
+from mqcore_tcp import TCPServer
+
+
+@asynccontextmanager
+async def serving(**options: Any) -> AsyncIterator[int]:
+    """Run a TCPServer on 127.0.0.1, a free port, in this event loop; yield the port."""
+    server = TCPServer(host="127.0.0.1", port=0, **options)
+    async with anyio.create_task_group() as tg:
+        port: int = await tg.start(server.serve)
+        yield port
+        tg.cancel_scope.cancel()
+
+
+class Proxy:
+    """Forwards TCP connections to ``target_port``, and can break them on demand.
+
+    ``drop()`` closes every connection it carries (the server keeps running);
+    while ``paused`` it closes new connections at once, so a client cannot
+    reconnect; while ``held`` it forwards nothing from the server to clients;
+    changing ``target_port`` sends later connections to another server.
+    """
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.paused = False
+        self._flowing = anyio.Event()
+        self._flowing.set()
+        self._scopes: set[anyio.CancelScope] = set()
+
+    def drop(self) -> None:
+        """Close every connection now."""
+        for scope in self._scopes:
+            scope.cancel()
+
+    def hold(self) -> None:
+        """Stop forwarding what the server writes (until :meth:`release`)."""
+        self._flowing = anyio.Event()
+
+    def release(self) -> None:
+        """Forward what the server writes again."""
+        self._flowing.set()
+
+    async def serve(self, *, task_status: anyio.abc.TaskStatus[int]) -> None:
+        """Listen on a free port (reported through ``task_status``) until cancelled."""
+        listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+        async with listener:
+            task_status.started(listener.extra(SocketAttribute.local_port))
+            await listener.serve(self._handle)
+
+    async def _handle(self, client: anyio.abc.SocketStream) -> None:
+        async with client:
+            if self.paused:
+                return
+            try:
+                server = await anyio.connect_tcp("127.0.0.1", self.target_port)
+            except OSError:
+                return
+            async with server, anyio.create_task_group() as tg:
+                self._scopes.add(tg.cancel_scope)
+                tg.start_soon(self._pump, client, server, tg.cancel_scope, False)
+                tg.start_soon(self._pump, server, client, tg.cancel_scope, True)
+            self._scopes.discard(tg.cancel_scope)
+
+    async def _pump(
+        self,
+        source: anyio.abc.SocketStream,
+        sink: anyio.abc.SocketStream,
+        scope: anyio.CancelScope,
+        to_client: bool,
+    ) -> None:
+        try:
+            async for chunk in source:
+                if to_client:
+                    await self._flowing.wait()
+                await sink.send(chunk)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            pass
+        # One side is done: close both, as a broken link would.
+        scope.cancel()
+
+
+@asynccontextmanager
+async def proxying(target_port: int) -> AsyncIterator[tuple[Proxy, int]]:
+    """Run a :class:`Proxy` to ``target_port``; yield it and its port."""
+    proxy = Proxy(target_port)
+    async with anyio.create_task_group() as tg:
+        port: int = await tg.start(proxy.serve)
+        yield proxy, port
+        tg.cancel_scope.cancel()

@@ -1,0 +1,559 @@
+"""The async client against a real server on 127.0.0.1 (port 0, in-process), on asyncio and trio."""
+
+from __future__ import annotations
+
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+import anyio
+import anyio.abc
+import pytest
+
+from mqcore import Broker, Reason
+from mqcore_client import (
+    Client,
+    ConnectError,
+    ConnectionLostError,
+    ConnectTimeoutError,
+    ProtocolError,
+    Received,
+    ServerError,
+    Subscription,
+    SubscriptionOverflowError,
+    connect,
+)
+
+from .client_support import proxying, serving
+
+pytestmark = pytest.mark.anyio
+
+#: Every test's bound: a hang fails fast instead of stalling the suite.
+DEADLINE = 10
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    """Run every test of this module on both backends."""
+    return str(request.param)
+
+
+async def take(sub: Subscription, n: int) -> list[Received]:
+    """The next ``n`` messages of ``sub``."""
+    return [await anext(sub) for _ in range(n)]
+
+
+def reconnecting(port: int, **options: Any) -> AbstractAsyncContextManager[Client]:
+    """A client that reconnects quickly, as the resume tests need."""
+    return connect(
+        port=port, reconnect=True, reconnect_delay=0.005, reconnect_max_delay=0.02, **options
+    )
+
+
+class Events:
+    """on_disconnect/on_reconnect callbacks that tests can await."""
+
+    def __init__(self) -> None:
+        self.lost = anyio.Event()
+        self.back = anyio.Event()
+        self.errors: list[ConnectionLostError] = []
+        self.reconnects = 0
+
+    def on_disconnect(self, error: ConnectionLostError) -> None:
+        self.errors.append(error)
+        self.lost.set()
+
+    def on_reconnect(self) -> None:
+        self.reconnects += 1
+        self.back.set()
+
+    def options(self) -> dict[str, Any]:
+        return {"on_disconnect": self.on_disconnect, "on_reconnect": self.on_reconnect}
+
+
+# -- the basics ---------------------------------------------------------------------
+
+
+async def test_send_subscribe_replay_and_live() -> None:
+    with anyio.fail_after(DEADLINE):
+        async with serving() as port, connect(port=port) as client:
+            assert client.server is not None
+            assert client.server.server == "mqcore"
+            assert client.epoch == client.server.epoch
+            await client.send("t", "cached")
+            await client.send("t", "uncached", cache=False)
+            async with client.subscribe("t") as sub:
+                await client.send("t", "live", "all")
+                first = await take(sub, 2)
+            async with client.subscribe("t", last_seen=0) as sub:
+                await client.send("t", "later")
+                second = await take(sub, 2)
+            async with client.subscribe("t", cache=False) as sub:
+                await client.send("t", "only live")
+                third = await take(sub, 1)
+    assert first == [Received("t", "cached", "all", 0), Received("t", "live", "all", 2)]
+    assert second == [Received("t", "live", "all", 2), Received("t", "later", "all", 3)]
+    assert third == [Received("t", "only live", "all", 4)]
+    assert sub.epoch == client.epoch
+    assert sub.last_index == 4
+
+
+async def test_server_error_carries_the_reason_and_the_connection_stays_usable() -> None:
+    with anyio.fail_after(DEADLINE):
+        async with serving(max_line_bytes=200) as port, connect(port=port) as client:
+            with pytest.raises(ServerError) as bad_delivery:
+                await client.send("t", "x", "some")  # type: ignore[arg-type]
+            with pytest.raises(ServerError) as too_long:
+                await client.send("t", "x" * 300)
+            await client.send("t", "fine")
+    assert bad_delivery.value.reason == Reason.MALFORMED
+    assert too_long.value.reason == Reason.LINE_TOO_LONG
+
+
+async def test_pipelined_publish_flush_reports_failures_and_keeps_order() -> None:
+    n = 3000
+    with anyio.fail_after(DEADLINE):
+        async with (
+            serving(max_line_bytes=200) as port,
+            connect(port=port) as consumer,
+            connect(port=port, max_in_flight=64) as producer,
+            consumer.subscribe("t") as sub,
+        ):
+            for i in range(n):
+                await producer.publish("t", str(i))
+                if i in (10, 2000):
+                    await producer.publish("t", "x" * 300)  # Refused: too long.
+            with pytest.raises(ServerError) as failed:
+                await producer.flush()
+            await producer.flush()  # Failures are reported once.
+            got = await take(sub, n)
+    assert failed.value.count == 2
+    assert failed.value.reason == Reason.LINE_TOO_LONG
+    assert [m.msg for m in got] == [str(i) for i in range(n)]
+    assert [m.index for m in got] == list(range(n))
+
+
+async def test_many_tasks_on_one_connection_get_their_own_replies_and_messages() -> None:
+    tasks, sends = 12, 15
+    results: dict[int, tuple[list[str], int, list[int]]] = {}
+    with anyio.fail_after(DEADLINE):
+        async with serving() as port, connect(port=port) as client:
+
+            async def worker(w: int) -> None:
+                async with (
+                    client.subscribe(f"own.{w}") as own,
+                    client.subscribe("shared") as shared,
+                ):
+                    refused = 0
+                    for i in range(sends):
+                        # Every third send is refused, at a different step in
+                        # each task: a reply matched to the wrong command would
+                        # raise in the wrong place.
+                        if (i + w) % 3 == 2:
+                            with pytest.raises(ServerError):
+                                await client.send(f"own.{w}", str(i), "bogus")  # type: ignore[arg-type]
+                            refused += 1
+                        else:
+                            await client.send(f"own.{w}", f"{w}:{i}")
+                        await anyio.lowlevel.checkpoint()
+                    await client.send("shared", str(w))
+                    mine = [m.msg for m in await take(own, sends - refused)]
+                    everyone = [m.index for m in await take(shared, tasks)]
+                    results[w] = (mine, refused, everyone)
+
+            async with anyio.create_task_group() as tg:
+                for w in range(tasks):
+                    tg.start_soon(worker, w)
+    for w in range(tasks):
+        mine, refused, everyone = results[w]
+        assert mine == [f"{w}:{i}" for i in range(sends) if (i + w) % 3 != 2]
+        assert refused == sends // 3
+        # Twelve subscriptions to one topic on one connection: each sees every
+        # message once, in order, whatever the others' replays.
+        assert everyone == list(range(tasks))
+
+
+async def test_a_second_subscription_to_a_topic_does_not_duplicate_the_first() -> None:
+    with anyio.fail_after(DEADLINE):
+        async with (
+            serving() as port,
+            connect(port=port) as client,
+            client.subscribe("t") as first,
+        ):
+            for i in range(3):
+                await client.send("t", str(i))
+            # Their subscribes replay 0..2 (and 1..2) to the connection again.
+            async with (
+                client.subscribe("t") as second,
+                client.subscribe("t", last_seen=0) as third,
+            ):
+                await client.send("t", "3")
+                got = [await take(sub, n) for sub, n in ((first, 4), (second, 4), (third, 3))]
+                await client.send("t", "4")
+                after = [await take(sub, 1) for sub in (first, second, third)]
+    assert [[m.index for m in messages] for messages in got] == [
+        [0, 1, 2, 3],
+        [0, 1, 2, 3],
+        [1, 2, 3],
+    ]
+    assert [[m.index for m in messages] for messages in after] == [[4], [4], [4]]
+
+
+async def test_a_subscription_starts_with_its_replay_when_live_messages_race_it() -> None:
+    second: list[Received] = []
+    with anyio.fail_after(DEADLINE):
+        async with (
+            serving() as port,
+            proxying(port) as (proxy, proxy_port),
+            connect(port=proxy_port) as client,
+            connect(port=port) as producer,
+            client.subscribe("t") as first,
+            anyio.create_task_group() as tg,
+        ):
+            for i in range(2):
+                await producer.send("t", str(i))
+            await take(first, 2)
+            proxy.hold()
+            # The server delivers this to `first` before it sees the next subscribe.
+            await producer.send("t", "2")
+
+            async def subscribe(*, task_status: anyio.abc.TaskStatus[None]) -> None:
+                task_status.started()
+                async with client.subscribe("t") as sub:
+                    second.extend(await take(sub, 3))
+
+            await tg.start(subscribe)
+            # The client now reads: the live 2, the subscribe's reply, the replay 0..2.
+            proxy.release()
+            assert [m.index for m in await take(first, 1)] == [2]
+    assert [m.index for m in second] == [0, 1, 2]
+
+
+async def test_leaving_the_last_subscription_of_a_topic_unsubscribes() -> None:
+    with anyio.fail_after(DEADLINE):
+        async with serving() as port, connect(port=port) as client, connect(port=port) as other:
+            async with client.subscribe("t", cache=False) as a:
+                async with client.subscribe("t", cache=False) as b:
+                    await other.send("t", "both")
+                    assert [m.msg for m in await take(b, 1)] == ["both"]
+                await other.send("t", "a only")
+                assert [m.msg for m in await take(a, 2)] == ["both", "a only"]
+            await client.send("x", "sync")  # The unsubscribe is answered before this.
+            # With no subscriber left, a `one` message stays in the cache.
+            await other.send("t", "job", "one")
+            async with client.subscribe("t", last_seen=1) as late:
+                assert [m.msg for m in await take(late, 1)] == ["job"]
+
+
+async def test_connect_refused_and_connect_timeout() -> None:
+    with anyio.fail_after(DEADLINE):
+        listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+        silent_port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        async with listener, anyio.create_task_group() as tg:
+
+            async def never_answer(stream: anyio.abc.SocketStream) -> None:
+                async with stream:
+                    await anyio.sleep_forever()
+
+            tg.start_soon(listener.serve, never_answer)
+            with pytest.raises(ConnectTimeoutError, match="did not answer hello"):
+                async with connect(port=silent_port, connect_timeout=0.2):
+                    pass
+            tg.cancel_scope.cancel()
+        # The listener is closed now: nothing listens on its port.
+        with pytest.raises(ConnectError, match="cannot connect") as refused:
+            async with connect(port=silent_port):
+                pass
+    assert not isinstance(refused.value, TimeoutError)
+
+
+async def test_a_plain_server_without_hello_works() -> None:
+    with anyio.fail_after(DEADLINE):
+        # A Broker without an epoch answers `hello` as the reference does.
+        async with serving(broker=Broker()) as port, connect(port=port) as client:
+            assert client.server is None
+            assert client.epoch is None
+            async with client.subscribe("t") as sub:
+                await client.send("t", "hi")
+                assert [m.msg for m in await take(sub, 1)] == ["hi"]
+
+
+async def test_a_line_that_is_not_the_protocol_drops_the_connection() -> None:
+    events = Events()
+    with anyio.fail_after(DEADLINE):
+        listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+        port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        async with listener, anyio.create_task_group() as tg:
+
+            async def garbage(stream: anyio.abc.SocketStream) -> None:
+                async with stream:
+                    await stream.receive()  # hello
+                    await stream.send(b'{"success": false, "reason": "Malformed json message"}\r\n')
+                    await stream.receive()  # send
+                    await stream.send(b"<html>\r\n")
+                    await anyio.sleep_forever()
+
+            tg.start_soon(listener.serve, garbage)
+            async with connect(port=port, **events.options()) as client:
+                with pytest.raises(ProtocolError):
+                    await client.send("t", "x")
+                with pytest.raises(ConnectionLostError):
+                    await client.send("t", "x")
+            tg.cancel_scope.cancel()
+    assert isinstance(events.errors[0], ProtocolError)
+
+
+# -- resume ---------------------------------------------------------------------------
+
+
+async def test_resume_after_a_drop_mid_stream_has_no_gap_and_no_duplicate() -> None:
+    n, drop_at = 3000, 700
+    events = Events()
+    with anyio.fail_after(DEADLINE):
+        async with (
+            serving(cache_size=n) as port,
+            proxying(port) as (proxy, proxy_port),
+            reconnecting(proxy_port, **events.options()) as consumer,
+            connect(port=port) as producer,
+            consumer.subscribe("t") as sub,
+            anyio.create_task_group() as tg,
+        ):
+
+            async def produce() -> None:
+                for i in range(n // 2):
+                    await producer.publish("t", str(i))
+                await producer.flush()
+                await events.lost.wait()
+                # The consumer is cut off: these can only reach it by replay.
+                for i in range(n // 2, n):
+                    await producer.publish("t", str(i))
+                await producer.flush()
+                proxy.paused = False
+
+            tg.start_soon(produce)
+            got = []
+            async for message in sub:
+                got.append(message)
+                if message.index == drop_at:
+                    proxy.paused = True
+                    proxy.drop()
+                if len(got) == n:
+                    break
+    assert [m.index for m in got] == list(range(n))
+    assert [m.msg for m in got] == [str(i) for i in range(n)]
+    assert not any(m.gap for m in got)
+    assert events.reconnects == 1
+    assert len(events.errors) == 1
+
+
+async def test_a_new_epoch_replays_from_the_start_and_flags_the_gap() -> None:
+    events = Events()
+    with anyio.fail_after(DEADLINE):
+        async with (
+            serving() as old_port,
+            serving() as new_port,
+            proxying(old_port) as (proxy, proxy_port),
+            reconnecting(proxy_port, **events.options()) as client,
+            connect(port=old_port) as old,
+            connect(port=new_port) as new,
+            client.subscribe("t") as sub,
+        ):
+            for i in range(5):
+                await old.send("t", f"old {i}")
+            before = await take(sub, 5)
+            old_epoch = client.epoch
+            # The "restarted" server numbers from 0 again.
+            for i in range(3):
+                await new.send("t", f"new {i}")
+            proxy.target_port = new_port
+            proxy.drop()
+            after = await take(sub, 3)
+            new_epoch = sub.epoch
+    assert [m.index for m in before] == [0, 1, 2, 3, 4]
+    assert new_epoch == client.epoch != old_epoch
+    # Resuming with last_seen=4 would have skipped all three.
+    assert [(m.msg, m.index, m.gap) for m in after] == [
+        ("new 0", 0, True),
+        ("new 1", 1, False),
+        ("new 2", 2, False),
+    ]
+
+
+async def test_a_saved_epoch_that_no_longer_matches_replays_from_the_start() -> None:
+    with anyio.fail_after(DEADLINE):
+        async with serving() as port, connect(port=port) as client:
+            for i in range(3):
+                await client.send("t", str(i))
+            async with client.subscribe("t", last_seen=1, epoch=client.epoch) as same:
+                same_epoch = await take(same, 1)
+            async with client.subscribe("t", last_seen=1, epoch="an old epoch") as other:
+                other_epoch = await take(other, 3)
+    assert [(m.index, m.gap) for m in same_epoch] == [(2, False)]
+    assert [(m.index, m.gap) for m in other_epoch] == [(0, True), (1, False), (2, False)]
+
+
+async def test_a_plain_server_resumes_with_last_seen() -> None:
+    events = Events()
+    with anyio.fail_after(DEADLINE):
+        async with (
+            serving(broker=Broker()) as port,
+            proxying(port) as (proxy, proxy_port),
+            reconnecting(proxy_port, **events.options()) as client,
+            connect(port=port) as producer,
+            client.subscribe("t") as sub,
+        ):
+            for i in range(3):
+                await producer.send("t", str(i))
+            before = await take(sub, 3)
+            proxy.paused = True
+            proxy.drop()
+            await events.lost.wait()
+            for i in range(3, 6):
+                await producer.send("t", str(i))
+            proxy.paused = False
+            after = await take(sub, 3)
+    assert [m.index for m in before + after] == list(range(6))
+    assert not any(m.gap for m in before + after)
+
+
+async def test_a_subscription_with_no_position_is_told_of_the_gap() -> None:
+    events = Events()
+    with anyio.fail_after(DEADLINE):
+        async with (
+            serving() as port,
+            proxying(port) as (proxy, proxy_port),
+            reconnecting(proxy_port, **events.options()) as client,
+            connect(port=port) as producer,
+            client.subscribe("t", cache=False) as sub,
+        ):
+            proxy.paused = True
+            proxy.drop()
+            await events.lost.wait()
+            # No message yet, so no index to resume after: this one is lost.
+            await producer.send("t", "while away")
+            proxy.paused = False
+            await events.back.wait()
+            await client.send("sync", "x")  # Answered after the resubscribe.
+            await producer.send("t", "back")
+            got = await take(sub, 1)
+    assert [(m.msg, m.index, m.gap) for m in got] == [("back", 1, True)]
+
+
+# -- while disconnected ---------------------------------------------------------------
+
+
+async def test_without_reconnect_a_lost_connection_ends_the_client() -> None:
+    events = Events()
+    with anyio.fail_after(DEADLINE):
+        async with (
+            serving() as port,
+            proxying(port) as (proxy, proxy_port),
+            connect(port=proxy_port, **events.options()) as client,
+            client.subscribe("t") as sub,
+        ):
+            await client.send("t", "before")
+            proxy.drop()
+            await events.lost.wait()
+            assert not client.connected
+            with pytest.raises(ConnectionLostError):
+                await client.send("t", "after")
+            with pytest.raises(ConnectionLostError):
+                await client.publish("t", "after")
+            # What was received is still yielded, then the error.
+            assert [m.msg for m in await take(sub, 1)] == ["before"]
+            with pytest.raises(ConnectionLostError):
+                await anext(sub)
+
+
+async def test_while_reconnecting_sends_wait_up_to_offline_timeout() -> None:
+    events = Events()
+    with anyio.fail_after(DEADLINE):
+        async with (
+            serving() as port,
+            proxying(port) as (proxy, proxy_port),
+            reconnecting(proxy_port, offline_timeout=0.05, **events.options()) as client,
+        ):
+            proxy.paused = True
+            proxy.drop()
+            await events.lost.wait()
+            with pytest.raises(ConnectionLostError, match="still reconnecting"):
+                await client.send("t", "x")
+            proxy.paused = False
+            await events.back.wait()
+            await client.send("t", "x")
+
+
+async def test_a_send_made_while_offline_goes_out_on_reconnection() -> None:
+    events = Events()
+    with anyio.fail_after(DEADLINE):
+        async with (
+            serving() as port,
+            proxying(port) as (proxy, proxy_port),
+            reconnecting(proxy_port, offline_timeout=None, **events.options()) as client,
+            connect(port=port) as watcher,
+            watcher.subscribe("t") as sub,
+            anyio.create_task_group() as tg,
+        ):
+            proxy.paused = True
+            proxy.drop()
+            await events.lost.wait()
+
+            async def send_offline(*, task_status: anyio.abc.TaskStatus[None]) -> None:
+                task_status.started()
+                await client.send("t", "sent while offline")
+
+            await tg.start(send_offline)  # Now waiting for the connection.
+            assert not client.connected
+            proxy.paused = False
+            assert [m.msg for m in await take(sub, 1)] == ["sent while offline"]
+
+
+async def test_commands_in_flight_when_the_connection_drops_raise() -> None:
+    events = Events()
+    with anyio.fail_after(DEADLINE):
+        async with (
+            serving() as port,
+            proxying(port) as (proxy, proxy_port),
+            reconnecting(proxy_port, **events.options()) as client,
+            anyio.create_task_group() as tg,
+        ):
+            proxy.hold()  # No reply will come back.
+            await client.publish("t", "a")
+            lost: list[BaseException] = []
+
+            async def send(*, task_status: anyio.abc.TaskStatus[None]) -> None:
+                task_status.started()
+                try:
+                    await client.send("t", "b")
+                except ConnectionLostError as exc:
+                    lost.append(exc)
+
+            await tg.start(send)
+            proxy.drop()
+            proxy.release()
+            with pytest.raises(ConnectionLostError, match="1 published message"):
+                await client.flush()
+            await events.back.wait()
+            await client.send("t", "c")
+    assert len(lost) == 1
+
+
+# -- bounded queues -------------------------------------------------------------------
+
+
+async def test_a_full_subscription_queue_ends_the_subscription_and_resumes() -> None:
+    with anyio.fail_after(DEADLINE):
+        async with serving() as port, connect(port=port) as client:
+            async with client.subscribe("t", max_queued=3) as sub:
+                for i in range(6):
+                    # Subscribed on this connection: each copy arrives before the reply.
+                    await client.send("t", str(i))
+                got = await take(sub, 3)
+                with pytest.raises(SubscriptionOverflowError) as overflow:
+                    await anext(sub)
+            error = overflow.value
+            async with client.subscribe("t", error.last_index, epoch=error.epoch) as again:
+                rest = await take(again, 3)
+    assert [m.index for m in got] == [0, 1, 2]
+    assert error.last_index == 2
+    assert error.epoch == client.epoch
+    assert [m.index for m in rest] == [3, 4, 5]

@@ -1,0 +1,535 @@
+"""Acknowledge after durable: the commit pipeline in-process, and SIGKILL crash tests.
+
+The crash tests run the real server (``python -m mqcore_tcp``) as a subprocess,
+kill it with SIGKILL while producers pipeline sends and consumers read, and
+restart it on the same data directory. What they check:
+
+* every message whose success reply a producer read is replayed after the
+  restart with its original index (within the cache bound), and everything
+  replayed is exactly what was sent with that index;
+* no index is ever handed out twice;
+* a ``delivery: "one"`` message is delivered at least once: it was either
+  received before the crash or is replayed after it. It is received twice
+  only if its consumption (stored once its bytes were handed to the
+  consumer's socket) was not yet stored when the server died.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import tempfile
+import threading
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from subprocess import PIPE
+from typing import Any
+
+import anyio
+import anyio.abc
+import pytest
+from anyio.streams.buffered import BufferedByteReceiveStream
+
+from mqcore import MemoryStore, NextIndex, Record, Snapshot, StoreError
+from mqcore_tcp import TCPServer
+
+pytestmark = pytest.mark.anyio
+
+#: Generous: only reached if something is broken (then the test fails, not hangs).
+TIMEOUT = 30
+
+
+@pytest.fixture
+def data_dir() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory() as tmp:
+        yield Path(tmp) / "data"
+
+
+class Conn:
+    """A line-oriented client connection, as a client of the reference would use."""
+
+    def __init__(self, stream: anyio.abc.SocketStream) -> None:
+        self.stream = stream
+        self.reader = BufferedByteReceiveStream(stream)
+
+    @classmethod
+    async def open(cls, port: int) -> Conn:
+        return cls(await anyio.connect_tcp("127.0.0.1", port))
+
+    async def send(self, *objs: Any) -> None:
+        await self.stream.send(b"".join(json.dumps(o).encode() + b"\n" for o in objs))
+
+    async def recv(self) -> Any:
+        return json.loads(await self.reader.receive_until(b"\n", 1 << 20))
+
+    async def request(self, obj: Any) -> Any:
+        await self.send(obj)
+        return await self.recv()
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
+#: How a connection to a killed server ends.
+DEAD = (OSError, anyio.BrokenResourceError, anyio.EndOfStream, anyio.IncompleteRead)
+
+
+def send_cmd(topic: str, msg: str, delivery: str = "all") -> dict[str, Any]:
+    return {"command": "send", "topic": topic, "msg": msg, "delivery": delivery}
+
+
+# -- the server as a subprocess ------------------------------------------------------
+
+
+class Server:
+    """``python -m mqcore_tcp`` in a subprocess; its port is read from its log."""
+
+    def __init__(self, process: anyio.abc.Process, port: int, log: list[str]) -> None:
+        self.process = process
+        self.port = port
+        self.log = log
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+
+
+@asynccontextmanager
+async def server_process(*args: str) -> AsyncIterator[Server]:
+    command = [sys.executable, "-m", "mqcore_tcp", "--port", "0", *args]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    async with await anyio.open_process(command, stdout=PIPE, stderr=PIPE, env=env) as process:
+        assert process.stderr is not None
+        stderr = BufferedByteReceiveStream(process.stderr)
+        log: list[str] = []
+        port = 0
+        with anyio.fail_after(TIMEOUT):
+            while not port:
+                text = (await stderr.receive_until(b"\n", 1 << 16)).decode()
+                log.append(text)
+                if "listening on" in text:
+                    port = int(text.rsplit(":", 1)[1])
+        async with anyio.create_task_group() as tg:
+
+            async def drain() -> None:
+                # Keep reading the log, so the server never blocks on a full pipe.
+                try:
+                    while True:
+                        log.append((await stderr.receive_until(b"\n", 1 << 16)).decode())
+                except (anyio.EndOfStream, anyio.IncompleteRead, anyio.ClosedResourceError):
+                    pass
+
+            tg.start_soon(drain)
+            try:
+                yield Server(process, port, log)
+            finally:
+                if process.returncode is None:
+                    process.terminate()
+                with anyio.fail_after(TIMEOUT):
+                    await process.wait()
+
+
+async def hello_epoch(port: int) -> str:
+    conn = await Conn.open(port)
+    try:
+        reply = await conn.request({"command": "hello"})
+    finally:
+        await conn.aclose()
+    assert reply["success"] is True
+    epoch = reply["epoch"]
+    assert isinstance(epoch, str)
+    return epoch
+
+
+# -- crash test -------------------------------------------------------------------------
+
+CACHE_SIZE = 300
+WINDOW = 100
+
+
+class Producer:
+    """Pipelines sends to its own topics (so it knows every index) until the server dies."""
+
+    def __init__(self, name: str, topics: Sequence[str], delivery: str) -> None:
+        self.name = name
+        self.topics = topics
+        self.delivery = delivery
+        self.sent: list[tuple[str, str]] = []  # (topic, msg), in the order sent
+        self.acked = 0  # replies read: the first `acked` sends are acknowledged
+
+    def message(self, topic: str, index: int) -> str:
+        return f"{self.name}:{topic}:{index}"
+
+    def acked_by_topic(self) -> dict[str, int]:
+        counts = dict.fromkeys(self.topics, 0)
+        for topic, _ in self.sent[: self.acked]:
+            counts[topic] += 1
+        return counts
+
+    async def run(self, port: int, enough: anyio.Event, acks: list[int]) -> None:
+        conn = await Conn.open(port)
+        room = anyio.Semaphore(WINDOW)
+        counts = dict.fromkeys(self.topics, 0)
+        try:
+            await self._pipeline(conn, room, counts, enough, acks)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await conn.aclose()
+
+    async def _pipeline(
+        self,
+        conn: Conn,
+        room: anyio.Semaphore,
+        counts: dict[str, int],
+        enough: anyio.Event,
+        acks: list[int],
+    ) -> None:
+        async with anyio.create_task_group() as tg:
+
+            async def read_replies() -> None:
+                try:
+                    while True:
+                        reply = await conn.recv()
+                        assert reply == {"success": True}
+                        self.acked += 1
+                        acks[0] += 1
+                        if acks[0] >= 3000:
+                            enough.set()
+                        room.release()
+                except DEAD:
+                    pass  # the server was killed
+                finally:
+                    tg.cancel_scope.cancel()
+
+            tg.start_soon(read_replies)
+            try:
+                while True:
+                    lines = []
+                    for _ in range(20):
+                        await room.acquire()
+                        topic = self.topics[len(self.sent) % len(self.topics)]
+                        msg = self.message(topic, counts[topic])
+                        counts[topic] += 1
+                        self.sent.append((topic, msg))
+                        lines.append(send_cmd(topic, msg, self.delivery))
+                    await conn.send(*lines)
+            except DEAD:
+                # Replies may still be waiting to be read: the reader ends this.
+                await anyio.sleep_forever()
+
+
+class Consumer:
+    """Subscribes, then records every delivery until the server dies."""
+
+    def __init__(self, topics: Sequence[str]) -> None:
+        self.topics = topics
+        self.seen: list[tuple[str, int, str]] = []
+
+    async def subscribe(self, port: int) -> Conn:
+        conn = await Conn.open(port)
+        for topic in self.topics:
+            assert await conn.request({"command": "subscribe", "topic": topic}) == {"success": True}
+        return conn
+
+    async def run(self, conn: Conn) -> None:
+        try:
+            while True:
+                m = await conn.recv()
+                self.seen.append((m["topic"], m["index"], m["msg"]))
+        except DEAD:
+            pass
+
+
+async def replay_and_next(port: int, topic: str) -> tuple[list[tuple[int, str]], int]:
+    """Subscribe to ``topic`` after the restart: its replay, and the index a new send gets."""
+    conn = await Conn.open(port)
+    try:
+        await conn.send({"command": "subscribe", "topic": topic})
+        assert await conn.recv() == {"success": True}
+        marker = f"after the restart {os.urandom(8).hex()}"
+        await conn.send(send_cmd(topic, marker, "all"))
+        replay: list[tuple[int, str]] = []
+        while True:
+            m = await conn.recv()
+            if m.get("msg") == marker:
+                # Our own copy arrives before our reply, as in the reference.
+                assert await conn.recv() == {"success": True}
+                return replay, m["index"]
+            replay.append((m["index"], m["msg"]))
+    finally:
+        await conn.aclose()
+
+
+@pytest.mark.parametrize("fsync", ["batch", "always"])
+async def test_sigkill_mid_stream_loses_nothing_acknowledged(data_dir: Path, fsync: str) -> None:
+    producers = [Producer(f"p{i}", [f"all{i}a", f"all{i}b"], "all") for i in range(3)]
+    one_producer = Producer("q", ["jobs"], "one")
+    everything = [*producers, one_producer]
+    all_topics = [t for p in producers for t in p.topics]
+    consumers = [Consumer(all_topics), Consumer(["jobs"]), Consumer(["jobs"])]
+    args = ("--data-dir", str(data_dir), "--cache-size", str(CACHE_SIZE), "--fsync", fsync)
+
+    with anyio.fail_after(TIMEOUT):
+        async with server_process(*args) as server:
+            epoch = await hello_epoch(server.port)
+            conns = [await c.subscribe(server.port) for c in consumers]
+            enough = anyio.Event()
+            acks = [0]
+            async with anyio.create_task_group() as tg:
+                for consumer, conn in zip(consumers, conns, strict=True):
+                    tg.start_soon(consumer.run, conn)
+                for producer in everything:
+                    tg.start_soon(producer.run, server.port, enough, acks)
+                await enough.wait()
+                server.kill()  # mid-stream: producers are still sending
+            for conn in conns:
+                await conn.aclose()
+            assert await server.process.wait() == -signal.SIGKILL
+
+        async with server_process(*args) as server:
+            assert await hello_epoch(server.port) == epoch
+
+            # `all` topics: the replay is exactly the newest CACHE_SIZE messages
+            # stored, every acknowledged one among them, each at its index.
+            for producer in producers:
+                acked = producer.acked_by_topic()
+                for topic in producer.topics:
+                    replay, next_index = await replay_and_next(server.port, topic)
+                    sent = sum(1 for t, _ in producer.sent if t == topic)
+                    assert acked[topic] <= next_index <= sent + 1  # no index reused
+                    start = max(0, next_index - CACHE_SIZE)
+                    assert replay == [
+                        (i, producer.message(topic, i)) for i in range(start, next_index)
+                    ]
+                    for t, index, msg in consumers[0].seen:
+                        if t == topic:
+                            assert index < next_index
+                            assert msg == producer.message(topic, index)
+
+            # `one` messages: each acknowledged one was received before the
+            # crash or is replayed now (at least once, never lost).
+            replay, next_index = await replay_and_next(server.port, "jobs")
+            received = {i for c in consumers[1:] for t, i, _ in c.seen if t == "jobs"}
+            replayed = {i for i, _ in replay}
+            for index, msg in replay:
+                assert msg == one_producer.message("jobs", index)
+            acked_jobs = one_producer.acked
+            assert acked_jobs <= next_index
+            missing = set(range(acked_jobs)) - received - replayed
+            assert not missing, f"`one` messages lost: {sorted(missing)[:10]}"
+            assert max(received | replayed | {-1}) < next_index
+
+    assert sum(p.acked for p in everything) >= 3000
+
+
+async def test_the_epoch_survives_a_restart_with_a_data_dir_and_not_without(
+    data_dir: Path,
+) -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with server_process("--data-dir", str(data_dir)) as server:
+            durable = await hello_epoch(server.port)
+            conn = await Conn.open(server.port)
+            assert await conn.request(send_cmd("t", "kept")) == {"success": True}
+            await conn.aclose()
+            server.kill()
+        async with server_process("--data-dir", str(data_dir)) as server:
+            assert await hello_epoch(server.port) == durable
+            replay, next_index = await replay_and_next(server.port, "t")
+            assert replay == [(0, "kept")]
+            assert next_index == 1
+        # A graceful stop (SIGTERM) keeps it all too.
+        async with server_process("--data-dir", str(data_dir)) as server:
+            assert await hello_epoch(server.port) == durable
+            replay, next_index = await replay_and_next(server.port, "t")
+            assert [i for i, _ in replay] == [0, 1]
+            assert next_index == 2
+
+        async with server_process("--in-memory") as server:
+            first = await hello_epoch(server.port)
+            server.kill()
+        async with server_process() as server:
+            second = await hello_epoch(server.port)
+            replay, next_index = await replay_and_next(server.port, "t")
+            assert (replay, next_index) == ([], 0)  # numbering started over...
+        assert len({first, second, durable}) == 3  # ...and the epoch says so
+
+
+def damaged_data_dir(data_dir: Path) -> Path:
+    data_dir.mkdir(parents=True)
+    store = data_dir / "mqcore.db"
+    store.write_bytes(b"definitely not a database\n" * 1000)
+    return store
+
+
+async def test_a_damaged_store_stops_the_server_with_one_line(data_dir: Path) -> None:
+    store = damaged_data_dir(data_dir)
+    command = [sys.executable, "-m", "mqcore_tcp", "--port", "0", "--data-dir", str(data_dir)]
+    with anyio.fail_after(TIMEOUT):
+        done = await anyio.run_process(command, check=False)
+    assert done.returncode == 1
+    lines = done.stderr.decode().strip().splitlines()
+    assert len(lines) == 1, lines
+    assert "ERROR" in lines[0]
+    assert str(store) in lines[0]
+    assert "Traceback" not in done.stderr.decode()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--fsync", "always"], ["--in-memory", "--data-dir", "x"], ["--fsync", "sometimes"]],
+)
+async def test_durability_options_are_checked(args: list[str]) -> None:
+    command = [sys.executable, "-m", "mqcore_tcp", "--port", "0", *args]
+    with anyio.fail_after(TIMEOUT):
+        done = await anyio.run_process(command, check=False)
+    assert done.returncode == 2
+    assert b"usage:" in done.stderr
+
+
+# -- the commit pipeline, in-process ----------------------------------------------------
+
+
+class WatchedStore(MemoryStore):
+    """A memory store that remembers its commits, optionally slow, gated or failing."""
+
+    def __init__(
+        self, *, delay: float = 0.0, fail_at: int | None = None, in_thread: bool = True
+    ) -> None:
+        super().__init__("watched")
+        self.commit_in_thread = in_thread
+        self.commits = 0
+        self.delay = delay
+        self.fail_at = fail_at
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Event()
+        self.next: dict[str, int] = {}
+
+    def apply(self, records: Sequence[Record]) -> None:
+        self.entered.set()
+        self.gate.wait(TIMEOUT)
+        if self.delay:
+            # Stands for a disk sync, in the committer's worker thread.
+            threading.Event().wait(self.delay)
+        if self.fail_at is not None and self.commits + 1 >= self.fail_at:
+            raise StoreError("watched store: disk on fire")
+        super().apply(records)
+        for r in records:
+            if isinstance(r, NextIndex):
+                self.next[r.topic] = max(self.next.get(r.topic, 0), r.next_index)
+        self.commits += 1
+
+    def load(self) -> Snapshot:
+        return super().load()
+
+
+@asynccontextmanager
+async def in_process(store: WatchedStore, **kwargs: Any) -> AsyncIterator[TCPServer]:
+    server = TCPServer(port=0, store=store, **kwargs)
+    async with anyio.create_task_group() as tg:
+        await tg.start(server.serve)
+        try:
+            yield server
+        finally:
+            server.shutdown()
+
+
+#: The in-process tests run on both backends: under asyncio the server uses
+#: asyncio Protocols, under trio anyio streams, and both must hold the order.
+BOTH_BACKENDS = pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
+
+
+@BOTH_BACKENDS
+@pytest.mark.parametrize("in_thread", [True, False], ids=["thread", "inline"])
+async def test_replies_and_deliveries_wait_for_their_commit_and_commits_are_grouped(
+    in_thread: bool,
+) -> None:
+    store = WatchedStore(delay=0.002, in_thread=in_thread)
+    n = 3000
+    with anyio.fail_after(TIMEOUT):
+        async with in_process(store) as server:
+            consumer = await Conn.open(server.port)
+            assert await consumer.request({"command": "subscribe", "topic": "t"}) == {
+                "success": True
+            }
+            producer = await Conn.open(server.port)
+
+            async def produce() -> None:
+                for start in range(0, n, 500):
+                    await producer.send(
+                        *(send_cmd("t", f"m{i}") for i in range(start, start + 500))
+                    )
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(produce)
+                for k in range(1, n + 1):
+                    assert await producer.recv() == {"success": True}
+                    # The k-th reply is written only once the k-th send is stored.
+                    assert store.next["t"] >= k
+                for i in range(n):
+                    m = await consumer.recv()
+                    assert m["index"] == i
+                    assert store.next["t"] > i
+            await producer.aclose()
+            await consumer.aclose()
+    # Group commit: far fewer commits (each a simulated 2 ms sync) than messages.
+    assert store.commits < n / 10
+
+
+@BOTH_BACKENDS
+async def test_a_replay_of_a_message_not_yet_stored_waits_for_the_commit() -> None:
+    store = WatchedStore()
+    with anyio.fail_after(TIMEOUT):
+        async with in_process(store) as server:
+            producer = await Conn.open(server.port)
+            store.gate.clear()
+            store.entered.clear()
+            await producer.send(send_cmd("t", "early"))
+            # The commit of "early" is under way (and held): the broker has cached it.
+            await anyio.to_thread.run_sync(store.entered.wait, TIMEOUT)
+            consumer = await Conn.open(server.port)
+            await consumer.send({"command": "subscribe", "topic": "t"})
+            store.gate.set()
+            assert await consumer.recv() == {"success": True}
+            replayed = await consumer.recv()
+            assert (replayed["msg"], replayed["index"]) == ("early", 0)
+            assert store.next["t"] == 1  # stored before it was replayed
+            assert await producer.recv() == {"success": True}
+            await producer.aclose()
+            await consumer.aclose()
+
+
+@BOTH_BACKENDS
+@pytest.mark.parametrize("in_thread", [True, False], ids=["thread", "inline"])
+async def test_a_failing_store_stops_the_server_and_acknowledges_nothing_more(
+    in_thread: bool,
+) -> None:
+    store = WatchedStore(fail_at=2, in_thread=in_thread)
+    server = TCPServer(port=0, store=store)
+    await server.bind()
+    errors: list[StoreError] = []
+    replies: list[Any] = []
+
+    async def serve() -> None:
+        try:
+            await server.serve()
+        except StoreError as exc:
+            errors.append(exc)
+
+    with anyio.fail_after(TIMEOUT):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(serve)
+            producer = await Conn.open(server.port)
+            assert await producer.request(send_cmd("t", "stored")) == {"success": True}
+            await producer.send(send_cmd("t", "not stored"))
+            try:
+                while True:
+                    replies.append(await producer.recv())
+            except DEAD:
+                pass
+            await producer.aclose()
+    assert [str(e) for e in errors] == ["watched store: disk on fire"]
+    assert replies == []  # the server closed the connection without acknowledging
+    assert store.next == {"t": 1}
