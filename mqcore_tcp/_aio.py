@@ -85,7 +85,8 @@ class Connection(asyncio.Protocol):
         self.peer = "?"
         self.closing = False
         # Bytes go to the transport as soon as they are pushed, so nothing
-        # ever waits here: records waiting for a write are stored at once.
+        # ever waits here; records waiting for a write wait in `confirm`
+        # until asyncio's buffer has drained (resume_writing).
         self.queue: list[bytes] = []
         self.queued = 0
         self.confirm: list[Record] = []
@@ -101,6 +102,11 @@ class Connection(asyncio.Protocol):
         address = transport.get_extra_info("peername")
         self.peer = f"{address[0]}:{address[1]}" if isinstance(address, tuple) else str(address)
         server._clients[self.cid] = self
+        if server._committer is not None:
+            # Durable: have asyncio call resume_writing() whenever its buffer
+            # drains into the kernel, so records that wait for bytes to be
+            # written (consumed `one` messages) are stored only then.
+            self.transport.set_write_buffer_limits(high=0)
         log.debug("connection %d from %s", self.cid, self.peer)
 
     def data_received(self, data: bytes) -> None:
@@ -123,6 +129,11 @@ class Connection(asyncio.Protocol):
         self.closing = True
         return False
 
+    def resume_writing(self) -> None:
+        if self.confirm:
+            confirm, self.confirm = self.confirm, []
+            self.server._written(confirm)
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._forget()
         log.debug("connection %d from %s closed", self.cid, self.peer)
@@ -137,6 +148,10 @@ class Connection(asyncio.Protocol):
         transport.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
         self.queued = transport.get_write_buffer_size()
         return self.queued
+
+    def owes(self) -> bool:
+        """Whether bytes pushed to it still wait in asyncio's buffer."""
+        return self.transport is not None and self.transport.get_write_buffer_size() > 0
 
     def close_when_flushed(self) -> None:
         """Close once everything owed so far is sent."""

@@ -71,6 +71,10 @@ class _Client:
         self.wake.set()
         return self.queued
 
+    def owes(self) -> bool:
+        """Whether bytes pushed to it still wait to be sent."""
+        return bool(self.queue)
+
     def close_when_flushed(self) -> None:
         """Close once everything queued so far is sent."""
         self.closing = True
@@ -292,7 +296,7 @@ class TCPServer:
         if output.after_write:
             for cid, records in output.after_write.items():
                 client = clients.get(cid)
-                if client is not None and client.queue:
+                if client is not None and client.owes():
                     client.confirm += records
                 else:
                     self._written(records)

@@ -533,3 +533,30 @@ async def test_a_failing_store_stops_the_server_and_acknowledges_nothing_more(
     assert [str(e) for e in errors] == ["watched store: disk on fire"]
     assert replies == []  # the server closed the connection without acknowledging
     assert store.next == {"t": 1}
+
+
+@BOTH_BACKENDS
+async def test_a_one_message_is_consumed_in_the_store_only_once_its_bytes_left_the_server() -> None:
+    store = WatchedStore(in_thread=False)
+    n = 40  # 36 MB of `one` messages: more than the socket buffers hold
+    payload = "x" * 900_000
+    with anyio.fail_after(TIMEOUT):
+        async with in_process(store) as server:
+            consumer = await Conn.open(server.port)
+            assert await consumer.request({"command": "subscribe", "topic": "jobs"}) == {
+                "success": True
+            }
+            producer = await Conn.open(server.port)
+            for _ in range(n):
+                assert await producer.request(send_cmd("jobs", payload, "one")) == {"success": True}
+            # The consumer has read nothing: the newest job is still in the
+            # server's buffers, so the store still holds it for a redelivery.
+            stored = {i for state in store.load().topics for i, _, _ in state.cache}
+            assert n - 1 in stored
+            for i in range(n):
+                assert (await consumer.recv())["index"] == i
+            # Everything has left; the next commit takes the consumptions along.
+            assert await producer.request(send_cmd("other", "m")) == {"success": True}
+            assert store.cached_count() == 1  # only "other"'s message
+            await producer.aclose()
+            await consumer.aclose()
