@@ -7,7 +7,9 @@ live elsewhere: ``mqcore_tcp`` serves it over TCP.
 
 from ._broker import (
     DEFAULT_CACHE_SIZE,
+    DEFAULT_MAX_CACHE_BYTES,
     DEFAULT_MAX_LINE_BYTES,
+    DEFAULT_MAX_TOPICS,
     Broker,
     ConnectionId,
     Output,
@@ -35,7 +37,9 @@ from ._version import __version__
 __all__ = [
     "COMMAND_DECODER",
     "DEFAULT_CACHE_SIZE",
+    "DEFAULT_MAX_CACHE_BYTES",
     "DEFAULT_MAX_LINE_BYTES",
+    "DEFAULT_MAX_TOPICS",
     "SUCCESS",
     "Broker",
     "CacheAdd",

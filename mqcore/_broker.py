@@ -30,19 +30,29 @@ from ._protocol import (
 )
 from ._records import CacheAdd, CacheRemove, CacheTrim, NextIndex, Record, TopicState
 
-__all__ = ["DEFAULT_CACHE_SIZE", "DEFAULT_MAX_LINE_BYTES", "Broker", "ConnectionId", "Output"]
+__all__ = [
+    "DEFAULT_CACHE_SIZE",
+    "DEFAULT_MAX_CACHE_BYTES",
+    "DEFAULT_MAX_LINE_BYTES",
+    "DEFAULT_MAX_TOPICS",
+    "Broker",
+    "ConnectionId",
+    "Output",
+]
 
 ConnectionId = NewType("ConnectionId", int)
 """Names one connection registered with a :class:`Broker`."""
 
 DEFAULT_CACHE_SIZE: Final = 100
 DEFAULT_MAX_LINE_BYTES: Final = 1 << 20
+DEFAULT_MAX_TOPICS: Final = 1_000_000
+DEFAULT_MAX_CACHE_BYTES: Final = 1 << 30
 
 _NOT_UTF8: Final = error_reply(Reason.NOT_UTF8)
 _NOT_JSON: Final = error_reply(Reason.NOT_JSON)
 _MALFORMED: Final = error_reply(Reason.MALFORMED)
 _LINE_TOO_LONG: Final = error_reply(Reason.LINE_TOO_LONG)
-_QUIT: Final = b"quit"
+_TOO_MANY_TOPICS: Final = error_reply(Reason.TOO_MANY_TOPICS)
 
 
 @dataclass(slots=True)
@@ -77,6 +87,10 @@ class _Entry(msgspec.Struct, gc=False):
     index: int
     one: bool
     data: bytes
+    topic: str
+    # Set when it leaves its topic's cache, so the broker-wide eviction
+    # order (which drops such entries lazily) can skip it.
+    gone: bool = False
 
 
 class _Topic:
@@ -111,7 +125,12 @@ class Broker:
     """An aiomemq-compatible message broker with no I/O of its own.
 
     ``cache_size`` bounds each topic's replay cache (0 disables it);
-    ``max_line_bytes`` bounds one input line; ``choose(n)`` returns the index,
+    ``max_line_bytes`` bounds one input line; ``max_topics`` bounds how many
+    topics exist (a ``send`` or ``subscribe`` that would create one more is
+    answered ``Too many topics``; a topic is never forgotten, since its index
+    must not start over); ``max_cache_bytes`` bounds the bytes cached over all
+    topics (past it, the oldest cached messages, whatever their topic, are
+    evicted); ``choose(n)`` returns the index,
     in ``range(n)``, of the subscriber that gets a ``delivery: "one"``
     message (pass ``random.Random().randrange``; the default is round robin,
     so that the core needs no randomness of its own). With ``durable=True``
@@ -128,6 +147,8 @@ class Broker:
         *,
         cache_size: int = DEFAULT_CACHE_SIZE,
         max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+        max_topics: int = DEFAULT_MAX_TOPICS,
+        max_cache_bytes: int = DEFAULT_MAX_CACHE_BYTES,
         choose: Callable[[int], int] | None = None,
         durable: bool = False,
         epoch: str | None = None,
@@ -136,8 +157,20 @@ class Broker:
             raise ValueError("cache_size must be >= 0")
         if max_line_bytes < 1:
             raise ValueError("max_line_bytes must be >= 1")
+        if max_topics < 1:
+            raise ValueError("max_topics must be >= 1")
+        if max_cache_bytes < 0:
+            raise ValueError("max_cache_bytes must be >= 0")
         self.cache_size: Final = cache_size
         self.max_line_bytes: Final = max_line_bytes
+        self.max_topics: Final = max_topics
+        self.max_cache_bytes: Final = max_cache_bytes
+        # Every cached entry, oldest first, over all topics, for evicting past
+        # max_cache_bytes; entries that left their cache otherwise stay here,
+        # marked gone, until eviction or a compaction drops them.
+        self._cache_order: deque[_Entry] = deque()
+        self._cached = 0
+        self._cache_bytes = 0
         self._choose = choose
         self._durable = durable
         self._hello = (
@@ -243,7 +276,7 @@ class Broker:
                 conn.out = None
         self._dirty = []
         records = self._records
-        if self._bumped:
+        if self._bumped or self._trimmed:
             self._topic_records(records)
         output = Output(writes, self._close, records, self._after_write)
         self._close = []
@@ -272,6 +305,9 @@ class Broker:
                     CacheAdd(name, entry.index, "one" if entry.one else "all", entry.data)
                 )
             records.append(NextIndex(name, topic.next_index))
+        for name, evicted in trimmed.items():
+            if name not in self._bumped:  # evicted for the byte budget, not sent to
+                records.append(CacheTrim(name, evicted + 1))
         self._bumped = {}
         if trimmed:
             self._trimmed = {}
@@ -285,7 +321,7 @@ class Broker:
         record for the rest, for the next :meth:`take_output`.
         """
         for state in topics:
-            topic = self._topic(state.topic)
+            topic = self._topics.get(state.topic) or self._add_topic(state.topic)
             entries = sorted(state.cache, key=lambda entry: entry[0])
             # Never hand out an index a stored message already has, even if
             # the store's next index lags behind its cache.
@@ -295,7 +331,8 @@ class Broker:
             if self._durable and dropped:
                 self._records.append(CacheTrim(state.topic, dropped[-1][0] + 1))
             for index, delivery, data in entries[len(dropped) :]:
-                topic.cache.append(_Entry(index, delivery == "one", data))
+                self._cache_append(topic, _Entry(index, delivery == "one", data, state.topic))
+        self._shrink_cache()
 
     # -- inspection, for tests and monitoring ----------------------------------
 
@@ -381,18 +418,66 @@ class Broker:
         conn.topics.clear()
         self._close.append(conn.id)
 
-    def _topic(self, name: str) -> _Topic:
-        topic = self._topics.get(name)
-        if topic is None:
-            topic = self._topics[name] = _Topic(self.cache_size)
+    def _add_topic(self, name: str) -> _Topic:
+        topic = self._topics[name] = _Topic(self.cache_size)
         return topic
+
+    def _new_topic(self, conn: _Connection, name: str) -> _Topic | None:
+        """Create topic ``name``, or answer ``conn`` that there are too many."""
+        if len(self._topics) >= self.max_topics:
+            self._emit(conn, _TOO_MANY_TOPICS)
+            return None
+        return self._add_topic(name)
+
+    def _cache_append(self, topic: _Topic, entry: _Entry) -> None:
+        cache = topic.cache
+        if len(cache) == self.cache_size:
+            # The deque drops its oldest entry as this one goes in.
+            old = cache[0]
+            old.gone = True
+            self._cached -= 1
+            self._cache_bytes -= len(old.data)
+            if self._durable:
+                self._trimmed[entry.topic] = old.index
+        cache.append(entry)
+        self._cached += 1
+        self._cache_bytes += len(entry.data)
+        order = self._cache_order
+        order.append(entry)
+        if len(order) > 2 * self._cached + 1024:
+            # Mostly entries already gone: compact, at a cost amortised over
+            # the appends that made them.
+            self._cache_order = deque(e for e in order if not e.gone)
+
+    def _uncache(self, entries: list[_Entry]) -> None:
+        for entry in entries:
+            entry.gone = True
+            self._cached -= 1
+            self._cache_bytes -= len(entry.data)
+
+    def _shrink_cache(self) -> None:
+        """Evict the oldest cached messages, over all topics, until within max_cache_bytes."""
+        order = self._cache_order
+        while self._cache_bytes > self.max_cache_bytes and order:
+            entry = order.popleft()
+            if entry.gone:
+                continue
+            # Each topic's cache is in the same order as `order`, so the
+            # oldest entry still cached anywhere is its own topic's oldest.
+            topic = self._topics[entry.topic]
+            topic.cache.popleft()
+            self._uncache([entry])
+            if self._durable:
+                self._trimmed[entry.topic] = entry.index
 
     def _remove_subscriber(self, topic: _Topic, conn: _Connection) -> None:
         if topic.subscribers.pop(conn, 0) is None:
             topic.snapshot = tuple(topic.subscribers)
 
     def _subscribe(self, conn: _Connection, command: Subscribe) -> None:
-        topic = self._topic(command.topic)
+        topic = self._topics.get(command.topic) or self._new_topic(conn, command.topic)
+        if topic is None:
+            return
         if conn not in topic.subscribers:
             topic.subscribers[conn] = None
             topic.snapshot = tuple(topic.subscribers)
@@ -410,10 +495,10 @@ class Broker:
             # A replayed `one` message has found its consumer: drop it. The
             # store forgets it only once it is written (at least once).
             kept = [e for e in topic.cache if not (e.one and e.index > last_seen)]
+            consumed_entries = [e for e in topic.cache if e.one and e.index > last_seen]
+            self._uncache(consumed_entries)
             if self._durable:
-                self._consumed(
-                    conn, command.topic, [e for e in topic.cache if e.one and e.index > last_seen]
-                )
+                self._consumed(conn, command.topic, consumed_entries)
             topic.cache = deque(kept, maxlen=self.cache_size)
 
     def _consumed(self, conn: _Connection, name: str, entries: list[_Entry]) -> None:
@@ -439,7 +524,9 @@ class Broker:
     def _send(self, conn: _Connection, command: Send, line: bytes) -> None:
         topic = self._topics.get(command.topic)
         if topic is None:
-            topic = self._topic(command.topic)
+            topic = self._new_topic(conn, command.topic)
+            if topic is None:
+                return
         index = topic.next_index
         topic.next_index = index + 1
         # Validation rejected every unknown key, so the sender's own object
@@ -473,9 +560,9 @@ class Broker:
                 )
             cache = False
         if cache:
-            if self._durable and len(topic.cache) == self.cache_size:
-                self._trimmed[command.topic] = topic.cache[0].index
-            topic.cache.append(_Entry(index, command.delivery == "one", data))
+            self._cache_append(topic, _Entry(index, command.delivery == "one", data, command.topic))
+            if self._cache_bytes > self.max_cache_bytes:
+                self._shrink_cache()
         if self._durable:
             # take_output() turns this into the topic's records for the batch.
             self._bumped.setdefault(command.topic, index)

@@ -102,6 +102,7 @@ class Reason:
     NOT_JSON: Final = "Could not parse json"
     MALFORMED: Final = "Malformed json message"
     LINE_TOO_LONG: Final = "Line too long"
+    TOO_MANY_TOPICS: Final = "Too many topics"
 
 
 #: The reply to every successful command, byte for byte as the reference writes it.

@@ -10,7 +10,13 @@ from collections.abc import Sequence
 
 import anyio
 
-from mqcore import DEFAULT_CACHE_SIZE, DEFAULT_MAX_LINE_BYTES, StoreError
+from mqcore import (
+    DEFAULT_CACHE_SIZE,
+    DEFAULT_MAX_CACHE_BYTES,
+    DEFAULT_MAX_LINE_BYTES,
+    DEFAULT_MAX_TOPICS,
+    StoreError,
+)
 
 from ._server import DEFAULT_MAX_QUEUED_BYTES, DEFAULT_PORT, TCPServer
 from ._sqlite_store import DEFAULT_FSYNC, FSYNC_MODES, SQLiteStore
@@ -91,6 +97,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "disconnected as too slow (default: %(default)s)",
     )
     parser.add_argument(
+        "--max-topics",
+        type=_positive,
+        default=DEFAULT_MAX_TOPICS,
+        help="most topics that may exist; a send or subscribe that would create one more "
+        "is answered 'Too many topics' (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-cache-bytes",
+        type=_non_negative,
+        default=DEFAULT_MAX_CACHE_BYTES,
+        help="most bytes cached over all topics; past it the oldest cached messages, "
+        "whatever their topic, are evicted (default: %(default)s)",
+    )
+    parser.add_argument(
         "--log-level",
         default="INFO",
         choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
@@ -159,6 +179,8 @@ async def _run(args: argparse.Namespace) -> None:
             cache_size=args.cache_size,
             max_line_bytes=args.max_line_bytes,
             max_queued_bytes=args.max_queued_bytes,
+            max_topics=args.max_topics,
+            max_cache_bytes=args.max_cache_bytes,
             store=store,
         )
         if store is not None:

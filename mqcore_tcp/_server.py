@@ -13,7 +13,9 @@ from anyio.abc import SocketAttribute
 
 from mqcore import (
     DEFAULT_CACHE_SIZE,
+    DEFAULT_MAX_CACHE_BYTES,
     DEFAULT_MAX_LINE_BYTES,
+    DEFAULT_MAX_TOPICS,
     Broker,
     ConnectionId,
     Output,
@@ -114,6 +116,8 @@ class TCPServer:
         cache_size: int = DEFAULT_CACHE_SIZE,
         max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
         max_queued_bytes: int = DEFAULT_MAX_QUEUED_BYTES,
+        max_topics: int = DEFAULT_MAX_TOPICS,
+        max_cache_bytes: int = DEFAULT_MAX_CACHE_BYTES,
         broker: Broker | None = None,
         store: Store | None = None,
     ) -> None:
@@ -121,18 +125,30 @@ class TCPServer:
         self.port = port
         self.max_queued_bytes = max_queued_bytes
         self._committer: CommitPipeline | None = None
+        if broker is not None and store is not None:
+            raise ValueError("give a store or a broker, not both")
+        if broker is None:
+            snapshot = None if store is None else store.load()
+            broker = Broker(
+                cache_size=cache_size,
+                max_line_bytes=max_line_bytes,
+                max_topics=max_topics,
+                max_cache_bytes=max_cache_bytes,
+                choose=random.Random().randrange,
+                durable=snapshot is not None,
+                # In memory, numbering starts from 0 at every start: a new epoch.
+                epoch=uuid.uuid4().hex if snapshot is None else snapshot.epoch,
+            )
+            if store is not None and snapshot is not None:
+                broker.restore(snapshot.topics)
+                # Restoring may trim caches (a smaller cache size or byte
+                # budget than last run): store that first.
+                records = broker.take_output().records
+                if records:
+                    store.apply(records)
         if store is not None:
-            if broker is not None:
-                raise ValueError("give a store or a broker, not both")
-            broker = _durable_broker(store, cache_size=cache_size, max_line_bytes=max_line_bytes)
             self._committer = CommitPipeline(store, self._dispatch)
-        self.broker = broker or Broker(
-            cache_size=cache_size,
-            max_line_bytes=max_line_bytes,
-            choose=random.Random().randrange,
-            # An in-memory broker numbers from 0 at every start: a new epoch.
-            epoch=uuid.uuid4().hex,
-        )
+        self.broker = broker
         self._clients: dict[ConnectionId, _Client | _aio.Connection] = {}
         self._stop = anyio.Event()
         self._idle = anyio.Event()
@@ -323,24 +339,6 @@ class TCPServer:
         client.abort()
 
 
-def _durable_broker(store: Store, *, cache_size: int, max_line_bytes: int) -> Broker:
-    """A durable broker restored from ``store``, with the store's epoch."""
-    snapshot = store.load()
-    broker = Broker(
-        cache_size=cache_size,
-        max_line_bytes=max_line_bytes,
-        choose=random.Random().randrange,
-        durable=True,
-        epoch=snapshot.epoch,
-    )
-    broker.restore(snapshot.topics)
-    # Restoring may trim caches (a smaller cache size than last run): store that first.
-    records = broker.take_output().records
-    if records:
-        store.apply(records)
-    return broker
-
-
 async def serve(
     *,
     host: str = "127.0.0.1",
@@ -348,6 +346,8 @@ async def serve(
     cache_size: int = DEFAULT_CACHE_SIZE,
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
     max_queued_bytes: int = DEFAULT_MAX_QUEUED_BYTES,
+    max_topics: int = DEFAULT_MAX_TOPICS,
+    max_cache_bytes: int = DEFAULT_MAX_CACHE_BYTES,
     store: Store | None = None,
     task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -364,6 +364,8 @@ async def serve(
         cache_size=cache_size,
         max_line_bytes=max_line_bytes,
         max_queued_bytes=max_queued_bytes,
+        max_topics=max_topics,
+        max_cache_bytes=max_cache_bytes,
         store=store,
     )
     await server.serve(task_status=task_status)

@@ -519,3 +519,73 @@ def test_random_chooser_is_deterministic_when_seeded() -> None:
         return [i for i, s in enumerate(subs) for _ in h.take(s)]
 
     assert run(5) == run(5)
+
+
+# -- memory bounds -----------------------------------------------------------------------
+
+
+def test_max_topics_refuses_new_topics_but_serves_existing_ones() -> None:
+    h = Harness(Broker(max_topics=2))
+    c = h.connect()
+    h.send(
+        c,
+        sub("a"),
+        send("b", "m"),
+        sub("c"),
+        send("d", "m"),
+        {"command": "unsubscribe", "topic": "e"},
+    )
+    assert h.take(c) == [OK, OK, fail(Reason.TOO_MANY_TOPICS), fail(Reason.TOO_MANY_TOPICS), OK]
+    assert h.broker.next_index("d") == 0
+    h.send(c, send("a", "m"), sub("b"))
+    assert h.take(c) == [delivered("a", "m", 0), OK, OK, delivered("b", "m", 0)]
+
+
+def test_max_cache_bytes_evicts_the_oldest_messages_over_all_topics() -> None:
+    probe = Harness()
+    probe.send(probe.connect(), send("t0", "x" * 100))
+    one = len(probe.broker.cached("t0")[0])  # the size of one cached message
+    h = Harness(Broker(cache_size=10, max_cache_bytes=5 * one))
+    p = h.connect()
+    for _ in range(4):
+        h.send(p, send("t0", "x" * 100), send("t1", "x" * 100))
+    # Eight messages do not fit: only the newest ones, across both topics, stay.
+    cached = h.broker.cached("t0") + h.broker.cached("t1")
+    assert sum(map(len, cached)) <= 5 * one
+    assert [json.loads(m)["index"] for m in h.broker.cached("t0")] == [2, 3]
+    assert [json.loads(m)["index"] for m in h.broker.cached("t1")] == [1, 2, 3]
+
+
+def test_cache_byte_budget_survives_churn_of_consumed_and_evicted_messages() -> None:
+    h = Harness(Broker(cache_size=3, max_cache_bytes=10_000, choose=lambda n: 0))
+    p, w = h.connect(), h.connect()
+    for round_ in range(300):
+        # `one` messages cached with no subscriber, then consumed by a replay;
+        # `all` messages evicted by the per-topic bound.
+        h.send(p, send("jobs", f"j{round_}", "one"), send(f"t{round_ % 7}", "m"))
+        h.send(w, sub("jobs"), {"command": "unsubscribe", "topic": "jobs"})
+        assert len(h.take(w)) == 3
+    assert h.broker.cached("jobs") == []
+    assert sum(len(h.broker.cached(f"t{i}")) for i in range(7)) == 21
+    # The broker-wide eviction order is compacted rather than keeping every message.
+    assert len(h.broker._cache_order) < 2 * 21 + 1024 + 1
+
+
+def test_durable_eviction_for_the_byte_budget_is_recorded_for_untouched_topics() -> None:
+    size = len(line(send("a", "x" * 50))) + 20
+    broker = Broker(cache_size=10, max_cache_bytes=3 * size, durable=True)
+    p = broker.open_connection()
+    broker.receive_data(p, line(send("a", "x" * 50)) + line(send("a", "x" * 50)))
+    broker.take_output()
+    broker.receive_data(p, line(send("b", "x" * 50)) + line(send("b", "x" * 50)))
+    records = broker.take_output().records
+    # Topic "a" was not sent to in this batch, but lost its oldest message.
+    assert CacheTrim("a", 1) in records
+    assert [json.loads(m)["index"] for m in broker.cached("a")] == [1]
+
+
+def test_bad_limits_are_refused() -> None:
+    with pytest.raises(ValueError, match="max_topics"):
+        Broker(max_topics=0)
+    with pytest.raises(ValueError, match="max_cache_bytes"):
+        Broker(max_cache_bytes=-1)
