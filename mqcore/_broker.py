@@ -25,6 +25,7 @@ from ._protocol import (
     Send,
     Subscribe,
     Unsubscribe,
+    delivery_bytes,
     error_reply,
     hello_reply,
 )
@@ -53,6 +54,11 @@ _NOT_JSON: Final = error_reply(Reason.NOT_JSON)
 _MALFORMED: Final = error_reply(Reason.MALFORMED)
 _LINE_TOO_LONG: Final = error_reply(Reason.LINE_TOO_LONG)
 _TOO_MANY_TOPICS: Final = error_reply(Reason.TOO_MANY_TOPICS)
+#: A send without a repeated key has 16 quote characters (four keys, four
+#: string values), 18 with "cache"; a repeated key adds at least two more. So
+#: a line with fewer than 20 cannot repeat a key and is spliced as it is;
+#: one with more (a repeated key, or escaped quotes in a value) is re-encoded.
+_SPLICE_QUOTES: Final = 20
 
 
 @dataclass(slots=True)
@@ -531,10 +537,16 @@ class Broker:
         topic.next_index = index + 1
         # Validation rejected every unknown key, so the sender's own object
         # plus its index is the delivered message: splice, don't re-encode.
+        # Unless it may hold a key twice (the decoder keeps the last, as the
+        # reference does, but the spliced line would pass both on): see
+        # _SPLICE_QUOTES.
         # A send's last value is a string, number or boolean, so stripping
         # JSON whitespace and "}" from the ends removes exactly the closing
         # brace (and a trailing \r): one copy instead of strip() and a slice.
-        data = line.strip(b" \t\r}") + b', "index": %d}\r\n' % index
+        if line.count(b'"') < _SPLICE_QUOTES:
+            data = line.strip(b" \t\r}") + b', "index": %d}\r\n' % index
+        else:
+            data = delivery_bytes(command, index, cache_given=b'"cache"' in line)
         subscribers = topic.snapshot
         cache = command.cache and self.cache_size > 0
         if command.delivery == "all":

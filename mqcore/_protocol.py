@@ -27,6 +27,7 @@ __all__ = [
     "Send",
     "Subscribe",
     "Unsubscribe",
+    "delivery_bytes",
     "error_reply",
     "hello_reply",
 ]
@@ -144,6 +145,20 @@ def hello_reply(epoch: str, *, cache_size: int, max_line_bytes: int) -> bytes:
         epoch=epoch,
     )
     return _ENCODER.encode(reply) + b"\r\n"
+
+
+def delivery_bytes(send: Send, index: int, *, cache_given: bool) -> bytes:
+    """Encode a delivered message: ``send``'s keys (``cache`` if it was given) plus ``index``."""
+    fields: dict[str, object] = {
+        "command": "send",
+        "topic": send.topic,
+        "msg": send.msg,
+        "delivery": send.delivery,
+    }
+    if cache_given:
+        fields["cache"] = send.cache
+    fields["index"] = index
+    return _ENCODER.encode(fields) + b"\r\n"
 
 
 def error_reply(reason: str) -> bytes:

@@ -25,7 +25,7 @@ import anyio
 import anyio.abc
 from anyio.abc import SocketAttribute
 
-from mqcore import ConnectionId, Record
+from mqcore import ConnectionId, Output, Record
 
 if TYPE_CHECKING:
     from ._server import TCPServer
@@ -95,6 +95,7 @@ class Connection(asyncio.Protocol):
     # -- asyncio callbacks ----------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Register the new connection with the broker and the server."""
         # A stream transport (not an isinstance check: uvloop's do not subclass asyncio's).
         self.transport = cast(asyncio.Transport, transport)
         server = self.server
@@ -110,6 +111,7 @@ class Connection(asyncio.Protocol):
         log.debug("connection %d from %s", self.cid, self.peer)
 
     def data_received(self, data: bytes) -> None:
+        """Feed the broker; its output is applied once, at the end of this loop turn."""
         server = self.server
         server.broker.receive_data(self.cid, data)
         self.flusher.soon()
@@ -121,20 +123,27 @@ class Connection(asyncio.Protocol):
             self._resume = asyncio.ensure_future(self._resume_when_room())
 
     def eof_received(self) -> bool:
-        # The peer is done sending: it gets no new deliveries (a `one` message
-        # must not go to a peer that may be gone), but what it is already owed
-        # is flushed before the transport closes (returning False closes it).
+        """The peer is done sending: close once what it is owed is written.
+
+        It gets no new deliveries (a `one` message must not go to a peer that
+        may be gone). The close goes through the server's dispatch like a
+        `quit`, so with a store it waits behind replies still held for a
+        commit. Returning True keeps the transport open until then.
+        """
+        server = self.server
         self.flusher.flush()
-        self.server.broker.connection_lost(self.cid)
-        self.closing = True
-        return False
+        server.broker.connection_lost(self.cid)
+        server._dispatch(Output(close=[self.cid]))
+        return True
 
     def resume_writing(self) -> None:
+        """asyncio's buffer drained into the kernel (durable mode sets a high-water mark of 0)."""
         if self.confirm:
             confirm, self.confirm = self.confirm, []
             self.server._written(confirm)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        """The transport is closed: forget the connection."""
         self._forget()
         log.debug("connection %d from %s closed", self.cid, self.peer)
 
@@ -177,6 +186,9 @@ class Connection(asyncio.Protocol):
             return
         del server._clients[self.cid]
         server.broker.connection_lost(self.cid)
+        if self._resume is not None:
+            self._resume.cancel()  # it would only resume reading a closed transport
+            self._resume = None
         if self.confirm and server._committer is not None:
             server._committer.store_later(self.confirm)
             self.confirm = []

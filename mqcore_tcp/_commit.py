@@ -81,7 +81,10 @@ class CommitPipeline:
         self._stopping = False
         # Event-loop side only: outputs held and not yet released.
         self._pending = 0
-        self._releasing = False
+        # The output being released: hold() lets exactly that one through.
+        # Anything dispatched meanwhile (a close flushing what the broker owes
+        # its connection) still queues behind the batch, as it must.
+        self._releasing: Output | None = None
         self._room = anyio.Event()
         self._idle = anyio.Event()
         self._idle.set()
@@ -95,7 +98,7 @@ class CommitPipeline:
         Called for every output, including those the pipeline releases (then
         it returns False, so the caller's usual path applies them).
         """
-        if self._releasing:
+        if output is self._releasing:
             return False
         if self.error is not None:
             return True  # the store failed: nothing more is acknowledged
@@ -207,12 +210,12 @@ class CommitPipeline:
     # -- called on the event loop by the worker --------------------------------------
 
     def _release_batch(self, batch: list[Output]) -> None:
-        self._releasing = True
         try:
             for output in batch:
+                self._releasing = output
                 self._release(output)
         finally:
-            self._releasing = False
+            self._releasing = None
         self._pending -= len(batch)
         self._room.set()
         self._room = anyio.Event()

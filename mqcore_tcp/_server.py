@@ -240,10 +240,11 @@ class TCPServer:
                 await self._read_loop(client)
                 # The peer is done sending: it gets no new deliveries (a `one`
                 # message must not go to a peer that may be gone), but what it
-                # is already owed is flushed before the connection closes.
+                # is already owed is flushed before the connection closes. The
+                # close goes through dispatch like a `quit`, so with a store it
+                # waits behind replies still held for a commit.
                 self.broker.connection_lost(cid)
-                client.closing = True
-                client.wake.set()
+                self._dispatch(Output(close=[cid]))
         finally:
             del self._clients[cid]
             self.broker.connection_lost(cid)

@@ -589,3 +589,35 @@ def test_bad_limits_are_refused() -> None:
         Broker(max_topics=0)
     with pytest.raises(ValueError, match="max_cache_bytes"):
         Broker(max_cache_bytes=-1)
+
+
+def test_a_repeated_key_is_delivered_once_with_the_value_that_counted() -> None:
+    h = Harness()
+    a, p = h.connect(), h.connect()
+    h.send(a, sub("b"))
+    h.take(a)
+    h.feed(p, b'{"command":"send","topic":"a","topic":"b","msg":"m","delivery":"all"}\n')
+    assert h.take(p) == [OK]
+    raw = h.take_bytes(a)
+    assert raw.count(b'"topic"') == 1
+    assert json.loads(raw) == delivered("b", "m", 0)
+    assert h.broker.next_index("a") == 0
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        send("t", 'say "hi" and "bye" and "more" quotes'),
+        send("t", "x", cache=False),
+        send("t", '"', cache=True),
+        send("t", "x", "one", cache=True),
+    ],
+)
+def test_delivery_has_the_senders_keys_whether_spliced_or_re_encoded(obj: Any) -> None:
+    h = Harness()
+    a, p = h.connect(), h.connect()
+    h.send(a, sub("t"))
+    h.take(a)
+    h.send(p, obj)
+    [msg] = h.take(a)
+    assert msg == {**obj, "index": 0}

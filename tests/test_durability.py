@@ -560,3 +560,55 @@ async def test_a_one_message_is_consumed_in_the_store_only_once_its_bytes_left_t
             assert store.cached_count() == 1  # only "other"'s message
             await producer.aclose()
             await consumer.aclose()
+
+
+@BOTH_BACKENDS
+async def test_a_half_closed_client_gets_every_reply_held_for_a_commit() -> None:
+    store = WatchedStore(delay=0.002, in_thread=True)
+    n = 500
+    with anyio.fail_after(TIMEOUT):
+        async with in_process(store) as server:
+            producer = await Conn.open(server.port)
+            await producer.send(*(send_cmd("h", f"m{i}") for i in range(n)))
+            await producer.stream.send_eof()
+            replies = [await producer.recv() for _ in range(n)]
+            with pytest.raises(anyio.IncompleteRead):  # then the server closes
+                await producer.recv()
+            assert replies == [{"success": True}] * n
+            assert store.next["h"] == n
+            await producer.aclose()
+
+
+@BOTH_BACKENDS
+async def test_a_quit_while_a_commit_is_released_does_not_release_later_outputs_early() -> None:
+    store = WatchedStore(delay=0.001, in_thread=True)
+    n = 3000
+    with anyio.fail_after(TIMEOUT):
+        async with in_process(store) as server:
+            done = anyio.Event()
+
+            async def quitter() -> None:
+                # Connections closing (a `quit`) while outputs are being released.
+                while not done.is_set():
+                    conn = await Conn.open(server.port)
+                    await conn.stream.send(b"quit\n")
+                    with pytest.raises(anyio.IncompleteRead):
+                        await conn.recv()
+                    await conn.aclose()
+
+            async def produce(topic: str) -> None:
+                producer = await Conn.open(server.port)
+                for start in range(0, n, 250):
+                    await producer.send(*(send_cmd(topic, "m") for _ in range(250)))
+                    for k in range(start + 1, start + 251):
+                        assert await producer.recv() == {"success": True}
+                        # The k-th reply is written only once the k-th send is stored.
+                        assert store.next[topic] >= k
+                await producer.aclose()
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(quitter)
+                async with anyio.create_task_group() as producers:
+                    producers.start_soon(produce, "q1")
+                    producers.start_soon(produce, "q2")
+                done.set()
