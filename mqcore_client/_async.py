@@ -24,6 +24,7 @@ import anyio.lowlevel
 import msgspec
 
 from mqcore import (
+    SUCCESS,
     Command,
     Delivery,
     Hello,
@@ -99,9 +100,17 @@ _REPLY_DECODER: Final = msgspec.json.Decoder(Reply)
 _HELLO_DECODER: Final = msgspec.json.Decoder(HelloReply)
 _ENCODER: Final = msgspec.json.Encoder()
 #: Every successful command gets this reply; recognising it needs no decoding.
-_OK_LINE: Final = b'{"success": true}\r'
-_OK_LINES: Final = frozenset({b'{"success": true}', b'{"success":true}'})
+#: Lines are split at "\n", so a line keeps the reply's "\r".
+_OK_LINE: Final = SUCCESS.removesuffix(b"\n")
+#: The same reply with other line ends or without the space, as another server
+#: may write it: only lines this short are worth stripping to compare.
+_OK_LINES: Final = frozenset({SUCCESS.strip(), b"".join(SUCCESS.split())})
+_OK_MAX: Final = len(SUCCESS)
 _OK: Final = Reply(success=True)
+#: What decoding a line from the server can raise besides DecodeError: invalid
+#: UTF-8 inside a string, and JSON nested deeper than msgspec recurses. Each
+#: means the server is not speaking the protocol.
+_UNDECODABLE: Final = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
 
 #: Called with the reply to a command, or with the error that lost it.
 _Handler = Callable[[Reply | ConnectionLostError, bytes], None]
@@ -109,10 +118,6 @@ _Handler = Callable[[Reply | ConnectionLostError, bytes], None]
 
 def _unexpected(line: bytes) -> ProtocolError:
     return ProtocolError(f"unexpected line from the server: {line[:200]!r}")
-
-
-def _ignore(outcome: Reply | ConnectionLostError, line: bytes) -> None:
-    """The handler of a command whose outcome does not matter (``unsubscribe``)."""
 
 
 class _Waiter:
@@ -144,7 +149,7 @@ class _Waiter:
 class _Conn:
     """One TCP connection: its stream, the bytes to write, the handlers owed a reply."""
 
-    __slots__ = ("drained", "ended", "error", "idle", "out", "pending", "stream", "wake")
+    __slots__ = ("drained", "ended", "error", "idle", "out", "pending", "seen", "stream", "wake")
 
     def __init__(self, stream: anyio.abc.ByteStream) -> None:
         self.stream = stream
@@ -158,6 +163,10 @@ class _Conn:
         self.drained: anyio.Event | None = None
         self.ended = anyio.Event()
         self.error: ConnectionLostError | None = None
+        # Per topic, the highest index delivered on this connection since it
+        # last subscribed to the topic: no replay can hold a message above it
+        # that was not delivered live too (see "subscriptions" in Client).
+        self.seen: dict[str, int] = {}
 
 
 class Client:
@@ -309,6 +318,11 @@ class Client:
         started over since, the client replays the whole cache instead and
         flags the first message ``gap=True``. ``max_queued`` bounds the
         messages waiting for the application (default: the client's).
+
+        With ``cache=False`` and no ``last_seen``, it starts after the newest
+        message of ``topic`` this connection has received; if there is none,
+        see the README's *Client* section for what it may miss while another
+        subscription to ``topic`` gets its replay.
         """
         if max_queued is not None and max_queued < 1:
             raise ValueError("max_queued must be >= 1")
@@ -407,10 +421,11 @@ class Client:
     def _handle_lines(self, conn: _Conn, lines: list[bytes]) -> None:
         pending = conn.pending
         subs = self._subs
+        seen = conn.seen
         replies = 0
         try:
             for line in lines:
-                if line == _OK_LINE or (len(line) < 20 and line.strip() in _OK_LINES):
+                if line == _OK_LINE or (len(line) <= _OK_MAX and line.strip() in _OK_LINES):
                     outcome = _OK
                 else:
                     try:
@@ -419,15 +434,19 @@ class Client:
                         # Not a delivery: a reply (a failure, or `hello`'s).
                         try:
                             outcome = _REPLY_DECODER.decode(line)
-                        except msgspec.DecodeError:
+                        except _UNDECODABLE:
                             raise _unexpected(line) from None
-                    except msgspec.DecodeError:
+                    except _UNDECODABLE:
                         if not line.strip():
                             continue
                         raise _unexpected(line) from None
                     else:
-                        targets = subs.get(message.topic)
+                        topic = message.topic
+                        targets = subs.get(topic)
                         if targets:
+                            # max(): a replay goes back below live messages.
+                            if message.index > seen.get(topic, -1):
+                                seen[topic] = message.index
                             for sub in targets:
                                 sub._deliver(message)
                         continue
@@ -458,22 +477,84 @@ class Client:
             window.set()
 
     # -- subscriptions ----------------------------------------------------------
+    #
+    # Every subscription of a topic sees every delivery of that topic on the
+    # connection, replays for the others included, and drops what is at or
+    # below its position. A subscription with no position (cache=False,
+    # nothing received yet) cannot do that: replayed messages are older than
+    # it, but in index order, like the live ones that may follow them, so
+    # nothing in a delivery tells where a replay ends. Two rules cover it:
+    #
+    # - Once active, it takes as its position the highest index the
+    #   connection has seen on the topic (conn.seen), if any. A later replay
+    #   holds nothing above that which was not delivered live (and so queued,
+    #   or dropped as before it) too.
+    # - Otherwise a subscribe that replays the topic is "fenced": the same
+    #   write carries a second, no-op subscribe (cache=False) right behind it.
+    #   The server writes a replay right after its subscribe's reply, before
+    #   it reads another line, so the fence's reply comes after the replay;
+    #   position-less subscriptions ignore the topic from one reply to the
+    #   other, then take conn.seen as their position. What other clients
+    #   send while the server is between the two lines is lost to them (the
+    #   README says so); both mqcore and the reference server handle the
+    #   lines of one read together, so that takes a split TCP segment.
+
+    def _subscribe(self, conn: _Conn, command: Subscribe, subs: list[Subscription]) -> None:
+        """Queue ``command`` on behalf of ``subs``, fenced when its replay needs to be."""
+        topic = command.topic
+        fenced = command.cache and any(sub._last is None for sub in self._subs.get(topic, ()))
+        self._enqueue(conn, command, partial(self._subscribe_sent, conn, topic, subs, fenced))
+        if fenced:
+            # Queued in the same synchronous step: one write carries both lines.
+            fence = Subscribe(topic, cache=False)
+            self._enqueue(conn, fence, partial(self._fence_passed, conn, topic))
 
     def _subscribe_sent(
-        self, subs: list[Subscription], outcome: Reply | ConnectionLostError, line: bytes
+        self,
+        conn: _Conn,
+        topic: str,
+        subs: list[Subscription],
+        fenced: bool,
+        outcome: Reply | ConnectionLostError,
+        line: bytes,
     ) -> None:
         """The handler of a ``subscribe``, for every local subscription it serves."""
         if isinstance(outcome, ConnectionLostError):
             # Reconnection re-issues it (or closing the client fails the subscriptions).
             return
         if outcome.success:
+            floor = conn.seen.get(topic)
             for sub in subs:
                 if not sub._closed:
-                    sub._activate(self.epoch)
+                    sub._activate(self.epoch, floor)
+            if fenced:
+                # Its replay comes next: the fence's reply says when it is over.
+                for sub in self._subs.get(topic, ()):
+                    sub._fence()
         else:
             error = ServerError(outcome.reason)
             for sub in subs:
                 sub._fail(error)
+
+    def _fence_passed(
+        self, conn: _Conn, topic: str, outcome: Reply | ConnectionLostError, line: bytes
+    ) -> None:
+        """The handler of a fence: the replay before it is over, whatever the reply says."""
+        if isinstance(outcome, ConnectionLostError):
+            return  # _end() lifted the fence; the resubscription decides anew.
+        floor = conn.seen.get(topic)
+        for sub in self._subs.get(topic, ()):
+            sub._unfence(floor)
+
+    def _unsubscribed(
+        self, conn: _Conn, topic: str, outcome: Reply | ConnectionLostError, line: bytes
+    ) -> None:
+        """The handler of an ``unsubscribe``: whatever the reply, the topic's deliveries are over.
+
+        So what the connection has seen of the topic is no floor for a later
+        subscription: messages sent from now on do not reach it.
+        """
+        conn.seen.pop(topic, None)
 
     def _remove(self, sub: Subscription) -> None:
         """Forget a local subscription; unsubscribe if it was the topic's last."""
@@ -489,7 +570,8 @@ class Client:
             if self._conn is not None:
                 # The reference server answers an unsubscribe it does not expect
                 # with an error: nothing to do about it, so nothing waits for it.
-                self._enqueue(self._conn, Unsubscribe(sub.topic), _ignore)
+                handler = partial(self._unsubscribed, self._conn, sub.topic)
+                self._enqueue(self._conn, Unsubscribe(sub.topic), handler)
 
     def _resubscribe(self, conn: _Conn, epoch_changed: bool) -> None:
         """After a reconnection, re-issue every topic's subscription from where it stopped."""
@@ -506,7 +588,7 @@ class Client:
             command = (
                 Subscribe(topic, min(positions)) if positions else Subscribe(topic, cache=False)
             )
-            self._enqueue(conn, command, partial(self._subscribe_sent, list(subs)))
+            self._subscribe(conn, command, list(subs))
 
     # -- the connection's life ----------------------------------------------------
 
@@ -595,6 +677,11 @@ class Client:
             return _HELLO_DECODER.decode(line)
         except msgspec.DecodeError:
             return None  # Answers hello, but not as mqcore does: treat it as plain.
+        except (UnicodeDecodeError, RecursionError):
+            # The reply decoder skipped the field that holds it; no server
+            # speaking JSON writes this.
+            self._end(conn, _unexpected(line))
+            return None
 
     def _established(self, conn: _Conn, info: HelloReply | None, first: bool) -> None:
         old, self.server = self.server, info
@@ -634,6 +721,7 @@ class Client:
         for subs in self._subs.values():
             for sub in subs:
                 sub._active = False
+                sub._fenced = False
         if self._on_disconnect is not None and not self._closing:
             self._on_disconnect(error)
 
@@ -689,6 +777,8 @@ class Subscription:
         self._last: int | None = None
         self._gap = False
         self._active = False
+        # Inactive while another subscription's replay goes by (no position yet).
+        self._fenced = False
         self._entered = False
         self._closed = False
         self._ready: anyio.Event | None = None
@@ -711,7 +801,7 @@ class Subscription:
         client._subs.setdefault(self.topic, []).append(self)
         self._ready = ready = anyio.Event()
         command = Subscribe(self.topic, -1 if last_seen is None else last_seen, self._cache)
-        client._enqueue(conn, command, partial(client._subscribe_sent, [self]))
+        client._subscribe(conn, command, [self])
         try:
             await ready.wait()
         except BaseException:
@@ -762,7 +852,9 @@ class Subscription:
             return
         last = self._last
         if last is not None and message.index <= last:
-            return  # A replay for another subscription of this topic: already queued.
+            # A replay for another subscription of this topic: already queued,
+            # or older than this subscription (see Client._subscribe).
+            return
         if len(self._queue) >= self._max_queued:
             self._fail(SubscriptionOverflowError(self.topic, last, self._queue_epoch()))
             return
@@ -773,11 +865,26 @@ class Subscription:
         self._queue.append(message)
         self._wake()
 
-    def _activate(self, epoch: str | None) -> None:
+    def _activate(self, epoch: str | None, floor: int | None) -> None:
+        if self._last is None:
+            self._last = floor
         self._active = True
+        self._fenced = False
         if self._ready is not None and not self._ready.is_set():
             self.epoch = epoch
             self._ready.set()
+
+    def _fence(self) -> None:
+        if self._active and self._last is None:
+            self._active = False
+            self._fenced = True
+
+    def _unfence(self, floor: int | None) -> None:
+        if self._fenced and not self._closed:
+            self._fenced = False
+            self._active = True
+            if self._last is None:
+                self._last = floor
 
     def _new_epoch(self, epoch: str | None) -> None:
         """The server's numbering started over: replay its whole cache, flag the gap."""

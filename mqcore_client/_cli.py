@@ -11,11 +11,13 @@ import argparse
 import os
 import sys
 from collections.abc import AsyncIterator, Sequence
-from typing import Final
+from typing import Final, get_args
 
 import anyio
 import anyio.to_thread
 import msgspec
+
+from mqcore import Delivery
 
 from ._async import DEFAULT_HOST, DEFAULT_PORT, connect
 from ._errors import ConnectionLostError, MQError, MQTimeoutError
@@ -61,7 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     send.add_argument("message", metavar="MESSAGE", help="the message, or '-' to read stdin")
     send.add_argument(
         "--delivery",
-        choices=["all", "one"],
+        choices=get_args(Delivery),
         default="all",
         help="all: every subscriber; one: a single subscriber (default: %(default)s)",
     )

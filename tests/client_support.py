@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
 import anyio.abc
 from anyio.abc import SocketAttribute
+from anyio.streams.buffered import BufferedByteReceiveStream
 
 from mqcore_tcp import TCPServer
 
@@ -98,4 +99,33 @@ async def proxying(target_port: int) -> AsyncIterator[tuple[Proxy, int]]:
     async with anyio.create_task_group() as tg:
         port: int = await tg.start(proxy.serve)
         yield proxy, port
+        tg.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def scripted(answers: Sequence[bytes]) -> AsyncIterator[int]:
+    """Run a fake server on 127.0.0.1, a free port; yield the port.
+
+    It answers the n-th line a client writes with ``answers[n]``, written as
+    is (so one answer can be several lines, or not the protocol at all), and
+    reads on without answering once they run out: a hostile server in a few
+    bytes.
+    """
+
+    async def handle(stream: anyio.abc.SocketStream) -> None:
+        async with stream:
+            lines = BufferedByteReceiveStream(stream)
+            try:
+                for answer in answers:
+                    await lines.receive_until(b"\n", 1 << 20)
+                    await stream.send(answer)
+                async for _ in stream:
+                    pass  # Unanswered: the client waits for a reply that never comes.
+            except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.IncompleteRead):
+                pass
+
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+    async with listener, anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, handle)
+        yield listener.extra(SocketAttribute.local_port)
         tg.cancel_scope.cancel()

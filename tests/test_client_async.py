@@ -9,7 +9,7 @@ import anyio
 import anyio.abc
 import pytest
 
-from mqcore import Broker, Reason
+from mqcore import SUCCESS, Broker, Reason, hello_reply
 from mqcore_client import (
     Client,
     ConnectError,
@@ -23,12 +23,16 @@ from mqcore_client import (
     connect,
 )
 
-from .client_support import proxying, serving
+from .client_support import proxying, scripted, serving
 
 pytestmark = pytest.mark.anyio
 
 #: Every test's bound: a hang fails fast instead of stalling the suite.
 DEADLINE = 10
+#: How a plain (reference) server answers ``hello``.
+PLAIN_HELLO = b'{"success": false, "reason": "Malformed json message"}\r\n'
+#: A JSON value nested deeper than msgspec will decode.
+DEEP = b"[" * 200_000 + b"]" * 200_000
 
 
 @pytest.fixture(params=["asyncio", "trio"])
@@ -244,6 +248,151 @@ async def test_leaving_the_last_subscription_of_a_topic_unsubscribes() -> None:
                 assert [m.msg for m in await take(late, 1)] == ["job"]
 
 
+# -- cache=False beside subscriptions that replay ----------------------------------------
+
+
+async def test_a_cache_false_subscription_does_not_get_another_subscriptions_replay() -> None:
+    with anyio.fail_after(DEADLINE):
+        async with serving() as port, connect(port=port) as client:
+            for i in range(3):
+                await client.send("t", f"old{i}")
+            # The second one's replay of old0..old2 reaches the connection,
+            # so it reaches the first one's topic too.
+            async with (
+                client.subscribe("t", cache=False) as fresh,
+                client.subscribe("t") as replayed,
+            ):
+                await client.send("t", "live")
+                got = await take(fresh, 1)
+                assert [m.msg for m in await take(replayed, 4)] == ["old0", "old1", "old2", "live"]
+    assert [(m.msg, m.index) for m in got] == [("live", 3)]
+
+
+async def test_pipelined_subscribes_keep_a_replay_from_cache_false_subscriptions() -> None:
+    got: dict[str, list[Received]] = {}
+    with anyio.fail_after(DEADLINE):
+        async with (
+            serving() as port,
+            proxying(port) as (proxy, proxy_port),
+            connect(port=proxy_port) as client,
+            anyio.create_task_group() as tg,
+        ):
+            for i in range(3):
+                await client.send("t", f"old{i}")
+            all_ready = anyio.Event()
+            ready: list[str] = []
+            # Held, so the three subscribes are all written before any reply:
+            # `before` is active when the replay arrives, `after` is not yet.
+            proxy.hold()
+
+            async def subscribe(
+                name: str, cache: bool, n: int, *, task_status: anyio.abc.TaskStatus[None]
+            ) -> None:
+                task_status.started()
+                async with client.subscribe("t", cache=cache) as sub:
+                    ready.append(name)
+                    if len(ready) == 3:
+                        all_ready.set()
+                    got[name] = await take(sub, n)
+
+            # Entering a subscription queues its subscribe before it first
+            # waits, so each start() returns with that subscribe queued.
+            await tg.start(subscribe, "before", False, 1)
+            await tg.start(subscribe, "replayed", True, 4)
+            await tg.start(subscribe, "after", False, 1)
+            proxy.release()
+            await all_ready.wait()
+            await client.send("t", "live")
+    assert {name: [m.msg for m in messages] for name, messages in got.items()} == {
+        "before": ["live"],
+        "replayed": ["old0", "old1", "old2", "live"],
+        "after": ["live"],
+    }
+
+
+async def test_a_cache_false_subscription_after_an_unsubscribe_ignores_what_came_between() -> None:
+    with anyio.fail_after(DEADLINE):
+        async with serving() as port, connect(port=port) as client, connect(port=port) as other:
+            async with client.subscribe("t") as first:
+                await other.send("t", "seen")
+                await take(first, 1)
+            await client.send("x", "sync")  # The unsubscribe is answered before this.
+            # Sent while the client is not subscribed: older than what follows.
+            await other.send("t", "unseen")
+            async with (
+                client.subscribe("t", cache=False) as fresh,
+                client.subscribe("t") as replayed,
+            ):
+                await other.send("t", "live")
+                got = await take(fresh, 1)
+                assert [m.msg for m in await take(replayed, 3)] == ["seen", "unseen", "live"]
+    assert [(m.msg, m.index) for m in got] == [("live", 2)]
+
+
+async def test_a_cache_false_subscription_resumes_after_what_the_connection_had_seen() -> None:
+    events = Events()
+    with anyio.fail_after(DEADLINE):
+        async with (
+            serving() as port,
+            proxying(port) as (proxy, proxy_port),
+            reconnecting(proxy_port, **events.options()) as client,
+            connect(port=port) as producer,
+            client.subscribe("t") as replayed,
+        ):
+            for i in range(3):
+                await producer.send("t", f"old{i}")
+            await take(replayed, 3)
+            async with client.subscribe("t", cache=False) as fresh:
+                # It starts after old2, the newest the connection has: a position
+                # to resume from, though it has not received a message yet.
+                proxy.paused = True
+                proxy.drop()
+                await events.lost.wait()
+                await producer.send("t", "while away")
+                proxy.paused = False
+                await events.back.wait()
+                got = await take(fresh, 1)
+    assert [(m.msg, m.index, m.gap) for m in got] == [("while away", 3, False)]
+
+
+async def test_a_resubscription_that_replays_skips_cache_false_subscriptions() -> None:
+    events = Events()
+    with anyio.fail_after(DEADLINE):
+        async with (
+            serving() as port,
+            proxying(port) as (proxy, proxy_port),
+            reconnecting(proxy_port, **events.options()) as client,
+            connect(port=port) as producer,
+            anyio.create_task_group() as tg,
+        ):
+            for i in range(4):
+                await producer.send("t", f"old{i}")
+            async with client.subscribe("t", cache=False) as fresh:
+                proxy.hold()
+
+                async def resume(*, task_status: anyio.abc.TaskStatus[None]) -> None:
+                    task_status.started()
+                    async with client.subscribe("t", last_seen=1) as replayed:
+                        await take(replayed, 4)
+
+                # Its subscribe is queued, and unanswered when the connection
+                # drops: the resubscription replays from its last_seen, 1.
+                await tg.start(resume)
+                proxy.paused = True
+                proxy.drop()
+                await events.lost.wait()
+                proxy.release()
+                await producer.send("t", "while away")
+                proxy.paused = False
+                await events.back.wait()
+                await client.send("sync", "x")  # Answered after the resubscription.
+                await producer.send("t", "live")
+                got = await take(fresh, 1)
+    # old2, old3 are older than `fresh`; "while away" is lost to it, as to
+    # any subscription without a position, and the gap is flagged.
+    assert [(m.msg, m.index, m.gap) for m in got] == [("live", 5, True)]
+
+
 async def test_connect_refused_and_connect_timeout() -> None:
     with anyio.fail_after(DEADLINE):
         listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
@@ -300,6 +449,75 @@ async def test_a_line_that_is_not_the_protocol_drops_the_connection() -> None:
                     await client.send("t", "x")
             tg.cancel_scope.cancel()
     assert isinstance(events.errors[0], ProtocolError)
+
+
+async def test_success_replies_are_recognised_however_the_server_spaces_them() -> None:
+    # The exact reply (mqcore's, the reference's), then what another server may write.
+    replies = [
+        SUCCESS,
+        b'{"success":true}\n',
+        b' {"success": true} \r\n',
+        b'{"success" : true}\r\n',
+    ]
+    with anyio.fail_after(DEADLINE):
+        async with scripted([PLAIN_HELLO, *replies]) as port, connect(port=port) as client:
+            for _ in replies:
+                await client.send("t", "x")
+            assert client.server is None
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        pytest.param(b'{"success":false,"reason":"\xff"}\r\n', id="invalid-utf8"),
+        pytest.param(b'{"success":false,"reason":"x","more":' + DEEP + b"}\r\n", id="too-deep"),
+        pytest.param(
+            hello_reply("EPOCH", cache_size=1, max_line_bytes=1).replace(b'"EPOCH"', b'"\xff"'),
+            id="hello-with-invalid-utf8",
+        ),
+    ],
+)
+async def test_a_hello_reply_that_cannot_be_decoded_fails_connect_with_a_protocol_error(
+    reply: bytes,
+) -> None:
+    with anyio.fail_after(DEADLINE):
+        async with scripted([reply]) as port:
+            # A ProtocolError, not an ExceptionGroup nor a UnicodeDecodeError/RecursionError.
+            with pytest.raises(ProtocolError, match="unexpected line from the server"):
+                async with connect(port=port):
+                    pass
+
+
+@pytest.mark.parametrize(
+    "delivery",
+    [
+        pytest.param(
+            b'{"command":"send","topic":"t","msg":"\xff","delivery":"all","index":0}\r\n',
+            id="invalid-utf8",
+        ),
+        pytest.param(
+            b'{"command":"send","topic":"t","msg":"m","delivery":"all","index":0,"more":'
+            + DEEP
+            + b"}\r\n",
+            id="too-deep",
+        ),
+    ],
+)
+async def test_a_delivery_that_cannot_be_decoded_ends_the_subscription_with_a_protocol_error(
+    delivery: bytes,
+) -> None:
+    with anyio.fail_after(DEADLINE):
+        async with (
+            scripted([PLAIN_HELLO, SUCCESS + delivery]) as port,
+            connect(port=port) as client,
+        ):
+            # The reply and the delivery arrive together, so the error may come
+            # as soon as entering the subscription.
+            with pytest.raises(ProtocolError, match="unexpected line from the server"):
+                async with client.subscribe("t") as sub:
+                    await anext(sub)
+            with pytest.raises(ConnectionLostError):
+                await client.send("t", "x")
 
 
 # -- resume ---------------------------------------------------------------------------
