@@ -182,7 +182,9 @@ class Broker:
         self._hello = (
             None
             if epoch is None
-            else hello_reply(epoch, cache_size=cache_size, max_line_bytes=max_line_bytes)
+            else hello_reply(
+                epoch, cache_size=cache_size, max_line_bytes=max_line_bytes, durable=durable
+            )
         )
         self._topics: dict[str, _Topic] = {}
         self._connections: dict[ConnectionId, _Connection] = {}

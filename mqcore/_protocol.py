@@ -122,6 +122,7 @@ class HelloReply(msgspec.Struct, forbid_unknown_fields=False):
 
     ``epoch`` changes whenever the server's index numbering starts over, so a
     client that saw another epoch before knows its ``last_seen`` means nothing.
+    ``durable`` says whether acknowledged messages survive a restart.
     """
 
     success: bool
@@ -131,9 +132,12 @@ class HelloReply(msgspec.Struct, forbid_unknown_fields=False):
     max_line_bytes: int
     cache_size: int
     epoch: str
+    durable: bool = False
 
 
-def hello_reply(epoch: str, *, cache_size: int, max_line_bytes: int) -> bytes:
+def hello_reply(
+    epoch: str, *, cache_size: int, max_line_bytes: int, durable: bool = False
+) -> bytes:
     """Return the wire bytes of the reply to ``hello``."""
     reply = HelloReply(
         success=True,
@@ -143,6 +147,7 @@ def hello_reply(epoch: str, *, cache_size: int, max_line_bytes: int) -> bytes:
         max_line_bytes=max_line_bytes,
         cache_size=cache_size,
         epoch=epoch,
+        durable=durable,
     )
     return _ENCODER.encode(reply) + b"\r\n"
 

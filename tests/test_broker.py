@@ -421,6 +421,11 @@ def test_hello_reports_the_epoch_and_limits() -> None:
     assert reply["cache_size"] == 7
     assert reply["max_line_bytes"] == 4096
     assert "epoch" in reply["features"]
+    assert reply["durable"] is False
+    durable = Harness(Broker(durable=True, epoch="e-2"))
+    d = durable.connect()
+    durable.send(d, {"command": "hello"})
+    assert durable.take(d)[0]["durable"] is True
     h.send(c, {"command": "hello", "x": 1})
     assert h.take(c) == [fail(Reason.MALFORMED)]
 
