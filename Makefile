@@ -10,7 +10,7 @@ ARGS   ?=
 DATA_DIR ?= ./data
 STORE  := $(if $(DATA_DIR),--data-dir $(DATA_DIR),--in-memory)
 
-.PHONY: serve test check pytest bench bench-smoke clean
+.PHONY: serve test check pytest bench clean
 
 $(VENV)/.run-installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,9 @@ check: $(VENV)/.test-installed
 
 pytest: $(VENV)/.test-installed
 	$(PY) -m pytest
+
+bench: $(VENV)/.test-installed  ## Run the benchmarks (see benchmarks/README.md)
+	$(PY) -m benchmarks.run $(ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
