@@ -25,7 +25,26 @@ __all__ = ["SyncClient", "SyncSubscription"]
 T = TypeVar("T")
 
 
-class SyncClient:
+class _ExitsOnce:
+    """Leaves, once, the context manager that ``__enter__`` stored in ``_entered``.
+
+    Leaving again (e.g. :meth:`SyncClient.close` after the ``with`` block) does nothing.
+    """
+
+    _entered: AbstractContextManager[object] | None
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        entered, self._entered = self._entered, None
+        if entered is not None:
+            entered.__exit__(exc_type, exc, tb)
+
+
+class SyncClient(_ExitsOnce):
     """A blocking client for scripts and REPLs: ``with SyncClient(host, port) as client:``.
 
     Takes the same keyword options as :func:`mqcore_client.connect`
@@ -37,7 +56,7 @@ class SyncClient:
         self.host = host
         self.port = port
         self._options = options
-        self._stack: ExitStack | None = None
+        self._entered = None
         self._portal: BlockingPortal | None = None
         self._client: Client | None = None
 
@@ -53,18 +72,8 @@ class SyncClient:
         except BaseException:
             stack.close()
             raise
-        self._stack = stack
+        self._entered = stack
         return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        stack, self._stack = self._stack, None
-        if stack is not None:
-            stack.__exit__(exc_type, exc, tb)
 
     def close(self) -> None:
         """Flush what was published and disconnect (what leaving the ``with`` block does)."""
@@ -94,6 +103,7 @@ class SyncClient:
         """Wait for the replies to everything published; raise if any failed."""
         self._call(self._async().flush)
 
+    # Client.subscribe's parameters (plus timeout) spelled out, not forwarded: typed, documented.
     def subscribe(
         self,
         topic: str,
@@ -115,7 +125,7 @@ class SyncClient:
         return SyncSubscription(self._portal_or_raise(), sub, timeout)
 
     def _async(self) -> Client:
-        if self._client is None or self._stack is None:
+        if self._client is None or self._entered is None:
             raise RuntimeError("use `with SyncClient(...) as client:` first")
         return self._client
 
@@ -128,7 +138,7 @@ class SyncClient:
         return self._portal_or_raise().call(func)
 
 
-class SyncSubscription:
+class SyncSubscription(_ExitsOnce):
     """A subscription for blocking code: a context manager and an iterator.
 
     ``for msg in sub`` yields :class:`mqcore_client.Received` messages and
@@ -139,7 +149,7 @@ class SyncSubscription:
     def __init__(self, portal: BlockingPortal, sub: Subscription, timeout: float | None) -> None:
         self._portal = portal
         self._sub = sub
-        self._cm: AbstractContextManager[Subscription] | None = None
+        self._entered = None
         self.timeout = timeout
 
     @property
@@ -158,19 +168,9 @@ class SyncSubscription:
         return self._sub.last_index
 
     def __enter__(self) -> SyncSubscription:
-        self._cm = self._portal.wrap_async_context_manager(self._sub)
-        self._cm.__enter__()
+        self._entered = entered = self._portal.wrap_async_context_manager(self._sub)
+        entered.__enter__()
         return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        cm, self._cm = self._cm, None
-        if cm is not None:
-            cm.__exit__(exc_type, exc, tb)
 
     def get(self, timeout: float | None = None) -> Received:
         """Return the next message; wait at most ``timeout`` seconds (``None``: forever).

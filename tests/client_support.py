@@ -11,17 +11,17 @@ import anyio.abc
 from anyio.abc import SocketAttribute
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from mqcore_tcp import TCPServer
+from .helpers import in_process
 
 
 @asynccontextmanager
 async def serving(**options: Any) -> AsyncIterator[int]:
-    """Run a TCPServer on 127.0.0.1, a free port, in this event loop; yield the port."""
-    server = TCPServer(host="127.0.0.1", port=0, **options)
-    async with anyio.create_task_group() as tg:
-        port: int = await tg.start(server.serve)
-        yield port
-        tg.cancel_scope.cancel()
+    """Run a TCPServer on 127.0.0.1, a free port, in this event loop; yield the port.
+
+    See :func:`tests.helpers.in_process`, which this wraps.
+    """
+    async with in_process(**options) as server:
+        yield server.port
 
 
 class Proxy:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
 
 
@@ -9,3 +13,10 @@ import pytest
 def anyio_backend() -> str:
     """Run ``@pytest.mark.anyio`` tests on asyncio unless a test asks for trio too."""
     return "asyncio"
+
+
+@pytest.fixture
+def data_dir() -> Iterator[Path]:
+    """A server's ``--data-dir``: a path in a fresh temporary directory, not yet created."""
+    with tempfile.TemporaryDirectory() as tmp:
+        yield Path(tmp) / "data"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import sys
 from typing import Any
 
@@ -15,6 +14,7 @@ import pytest
 from mqcore_client._cli import main
 
 from .client_support import serving
+from .helpers import free_port
 
 pytestmark = pytest.mark.anyio
 
@@ -95,9 +95,7 @@ async def test_subscribe_options(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 async def test_failures_exit_non_zero_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        unused = str(sock.getsockname()[1])
+    unused = str(free_port())
     with anyio.fail_after(DEADLINE):
         async with serving(max_line_bytes=100) as port:
             where = ("--port", str(port))

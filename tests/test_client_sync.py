@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 from collections.abc import Iterator
 
@@ -18,6 +17,8 @@ from mqcore_client import (
     SyncClient,
 )
 from mqcore_tcp import TCPServer
+
+from .helpers import free_port
 
 
 @pytest.fixture
@@ -91,10 +92,7 @@ def test_threads_share_one_client(port: int) -> None:
 
 
 def test_connect_refused_raises_and_use_before_enter_is_an_error() -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        unused_port = sock.getsockname()[1]
-    client = SyncClient(port=unused_port)
+    client = SyncClient(port=free_port())
     with pytest.raises(RuntimeError):
         client.send("t", "x")
     with pytest.raises(ConnectError), client:

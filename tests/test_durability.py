@@ -16,61 +16,22 @@ restart it on the same data directory. What they check:
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import sys
-import tempfile
 import threading
-from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from pathlib import Path
-from subprocess import PIPE
 from typing import Any
 
 import anyio
-import anyio.abc
 import pytest
-from anyio.streams.buffered import BufferedByteReceiveStream
 
 from mqcore import MemoryStore, NextIndex, Record, Snapshot, StoreError
 from mqcore_tcp import TCPServer
 
+from .helpers import TIMEOUT, LineClient, in_process, server_command, server_process
+
 pytestmark = pytest.mark.anyio
-
-#: Generous: only reached if something is broken (then the test fails, not hangs).
-TIMEOUT = 30
-
-
-@pytest.fixture
-def data_dir() -> Iterator[Path]:
-    with tempfile.TemporaryDirectory() as tmp:
-        yield Path(tmp) / "data"
-
-
-class Conn:
-    """A line-oriented client connection, as a client of the reference would use."""
-
-    def __init__(self, stream: anyio.abc.SocketStream) -> None:
-        self.stream = stream
-        self.reader = BufferedByteReceiveStream(stream)
-
-    @classmethod
-    async def open(cls, port: int) -> Conn:
-        return cls(await anyio.connect_tcp("127.0.0.1", port))
-
-    async def send(self, *objs: Any) -> None:
-        await self.stream.send(b"".join(json.dumps(o).encode() + b"\n" for o in objs))
-
-    async def recv(self) -> Any:
-        return json.loads(await self.reader.receive_until(b"\n", 1 << 20))
-
-    async def request(self, obj: Any) -> Any:
-        await self.send(obj)
-        return await self.recv()
-
-    async def aclose(self) -> None:
-        await self.stream.aclose()
 
 
 #: How a connection to a killed server ends.
@@ -81,58 +42,8 @@ def send_cmd(topic: str, msg: str, delivery: str = "all") -> dict[str, Any]:
     return {"command": "send", "topic": topic, "msg": msg, "delivery": delivery}
 
 
-# -- the server as a subprocess ------------------------------------------------------
-
-
-class Server:
-    """``python -m mqcore_tcp`` in a subprocess; its port is read from its log."""
-
-    def __init__(self, process: anyio.abc.Process, port: int, log: list[str]) -> None:
-        self.process = process
-        self.port = port
-        self.log = log
-
-    def kill(self) -> None:
-        self.process.send_signal(signal.SIGKILL)
-
-
-@asynccontextmanager
-async def server_process(*args: str) -> AsyncIterator[Server]:
-    command = [sys.executable, "-m", "mqcore_tcp", "--port", "0", *args]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    async with await anyio.open_process(command, stdout=PIPE, stderr=PIPE, env=env) as process:
-        assert process.stderr is not None
-        stderr = BufferedByteReceiveStream(process.stderr)
-        log: list[str] = []
-        port = 0
-        with anyio.fail_after(TIMEOUT):
-            while not port:
-                text = (await stderr.receive_until(b"\n", 1 << 16)).decode()
-                log.append(text)
-                if "listening on" in text:
-                    port = int(text.rsplit(":", 1)[1])
-        async with anyio.create_task_group() as tg:
-
-            async def drain() -> None:
-                # Keep reading the log, so the server never blocks on a full pipe.
-                try:
-                    while True:
-                        log.append((await stderr.receive_until(b"\n", 1 << 16)).decode())
-                except (anyio.EndOfStream, anyio.IncompleteRead, anyio.ClosedResourceError):
-                    pass
-
-            tg.start_soon(drain)
-            try:
-                yield Server(process, port, log)
-            finally:
-                if process.returncode is None:
-                    process.terminate()
-                with anyio.fail_after(TIMEOUT):
-                    await process.wait()
-
-
 async def hello_epoch(port: int) -> str:
-    conn = await Conn.open(port)
+    conn = await LineClient.open(port)
     try:
         reply = await conn.request({"command": "hello"})
     finally:
@@ -169,7 +80,7 @@ class Producer:
         return counts
 
     async def run(self, port: int, enough: anyio.Event, acks: list[int]) -> None:
-        conn = await Conn.open(port)
+        conn = await LineClient.open(port)
         room = anyio.Semaphore(WINDOW)
         counts = dict.fromkeys(self.topics, 0)
         try:
@@ -180,7 +91,7 @@ class Producer:
 
     async def _pipeline(
         self,
-        conn: Conn,
+        conn: LineClient,
         room: anyio.Semaphore,
         counts: dict[str, int],
         enough: anyio.Event,
@@ -191,7 +102,7 @@ class Producer:
             async def read_replies() -> None:
                 try:
                     while True:
-                        reply = await conn.recv()
+                        reply = await conn.read()
                         assert reply == {"success": True}
                         self.acked += 1
                         acks[0] += 1
@@ -214,7 +125,7 @@ class Producer:
                         counts[topic] += 1
                         self.sent.append((topic, msg))
                         lines.append(send_cmd(topic, msg, self.delivery))
-                    await conn.send(*lines)
+                    await conn.write(*lines)
             except DEAD:
                 # Replies may still be waiting to be read: the reader ends this.
                 await anyio.sleep_forever()
@@ -227,16 +138,16 @@ class Consumer:
         self.topics = topics
         self.seen: list[tuple[str, int, str]] = []
 
-    async def subscribe(self, port: int) -> Conn:
-        conn = await Conn.open(port)
+    async def subscribe(self, port: int) -> LineClient:
+        conn = await LineClient.open(port)
         for topic in self.topics:
             assert await conn.request({"command": "subscribe", "topic": topic}) == {"success": True}
         return conn
 
-    async def run(self, conn: Conn) -> None:
+    async def run(self, conn: LineClient) -> None:
         try:
             while True:
-                m = await conn.recv()
+                m = await conn.read()
                 self.seen.append((m["topic"], m["index"], m["msg"]))
         except DEAD:
             pass
@@ -244,18 +155,18 @@ class Consumer:
 
 async def replay_and_next(port: int, topic: str) -> tuple[list[tuple[int, str]], int]:
     """Subscribe to ``topic`` after the restart: its replay, and the index a new send gets."""
-    conn = await Conn.open(port)
+    conn = await LineClient.open(port)
     try:
-        await conn.send({"command": "subscribe", "topic": topic})
-        assert await conn.recv() == {"success": True}
+        await conn.write({"command": "subscribe", "topic": topic})
+        assert await conn.read() == {"success": True}
         marker = f"after the restart {os.urandom(8).hex()}"
-        await conn.send(send_cmd(topic, marker, "all"))
+        await conn.write(send_cmd(topic, marker, "all"))
         replay: list[tuple[int, str]] = []
         while True:
-            m = await conn.recv()
+            m = await conn.read()
             if m.get("msg") == marker:
                 # Our own copy arrives before our reply, as in the reference.
-                assert await conn.recv() == {"success": True}
+                assert await conn.read() == {"success": True}
                 return replay, m["index"]
             replay.append((m["index"], m["msg"]))
     finally:
@@ -330,7 +241,7 @@ async def test_the_epoch_survives_a_restart_with_a_data_dir_and_not_without(
     with anyio.fail_after(TIMEOUT):
         async with server_process("--data-dir", str(data_dir)) as server:
             durable = await hello_epoch(server.port)
-            conn = await Conn.open(server.port)
+            conn = await LineClient.open(server.port)
             assert await conn.request(send_cmd("t", "kept")) == {"success": True}
             await conn.aclose()
             server.kill()
@@ -365,7 +276,7 @@ def damaged_data_dir(data_dir: Path) -> Path:
 
 async def test_a_damaged_store_stops_the_server_with_one_line(data_dir: Path) -> None:
     store = damaged_data_dir(data_dir)
-    command = [sys.executable, "-m", "mqcore_tcp", "--port", "0", "--data-dir", str(data_dir)]
+    command = server_command("--port", "0", "--data-dir", str(data_dir))
     with anyio.fail_after(TIMEOUT):
         done = await anyio.run_process(command, check=False)
     assert done.returncode == 1
@@ -381,7 +292,7 @@ async def test_a_damaged_store_stops_the_server_with_one_line(data_dir: Path) ->
     [["--fsync", "always"], ["--in-memory", "--data-dir", "x"], ["--fsync", "sometimes"]],
 )
 async def test_durability_options_are_checked(args: list[str]) -> None:
-    command = [sys.executable, "-m", "mqcore_tcp", "--port", "0", *args]
+    command = server_command("--port", "0", *args)
     with anyio.fail_after(TIMEOUT):
         done = await anyio.run_process(command, check=False)
     assert done.returncode == 2
@@ -425,17 +336,6 @@ class WatchedStore(MemoryStore):
         return super().load()
 
 
-@asynccontextmanager
-async def in_process(store: WatchedStore, **kwargs: Any) -> AsyncIterator[TCPServer]:
-    server = TCPServer(port=0, store=store, **kwargs)
-    async with anyio.create_task_group() as tg:
-        await tg.start(server.serve)
-        try:
-            yield server
-        finally:
-            server.shutdown()
-
-
 #: The in-process tests run on both backends: under asyncio the server uses
 #: asyncio Protocols, under trio anyio streams, and both must hold the order.
 BOTH_BACKENDS = pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
@@ -449,27 +349,27 @@ async def test_replies_and_deliveries_wait_for_their_commit_and_commits_are_grou
     store = WatchedStore(delay=0.002, in_thread=in_thread)
     n = 3000
     with anyio.fail_after(TIMEOUT):
-        async with in_process(store) as server:
-            consumer = await Conn.open(server.port)
+        async with in_process(store=store) as server:
+            consumer = await LineClient.open(server.port)
             assert await consumer.request({"command": "subscribe", "topic": "t"}) == {
                 "success": True
             }
-            producer = await Conn.open(server.port)
+            producer = await LineClient.open(server.port)
 
             async def produce() -> None:
                 for start in range(0, n, 500):
-                    await producer.send(
+                    await producer.write(
                         *(send_cmd("t", f"m{i}") for i in range(start, start + 500))
                     )
 
             async with anyio.create_task_group() as tg:
                 tg.start_soon(produce)
                 for k in range(1, n + 1):
-                    assert await producer.recv() == {"success": True}
+                    assert await producer.read() == {"success": True}
                     # The k-th reply is written only once the k-th send is stored.
                     assert store.next["t"] >= k
                 for i in range(n):
-                    m = await consumer.recv()
+                    m = await consumer.read()
                     assert m["index"] == i
                     assert store.next["t"] > i
             await producer.aclose()
@@ -482,21 +382,21 @@ async def test_replies_and_deliveries_wait_for_their_commit_and_commits_are_grou
 async def test_a_replay_of_a_message_not_yet_stored_waits_for_the_commit() -> None:
     store = WatchedStore()
     with anyio.fail_after(TIMEOUT):
-        async with in_process(store) as server:
-            producer = await Conn.open(server.port)
+        async with in_process(store=store) as server:
+            producer = await LineClient.open(server.port)
             store.gate.clear()
             store.entered.clear()
-            await producer.send(send_cmd("t", "early"))
+            await producer.write(send_cmd("t", "early"))
             # The commit of "early" is under way (and held): the broker has cached it.
             await anyio.to_thread.run_sync(store.entered.wait, TIMEOUT)
-            consumer = await Conn.open(server.port)
-            await consumer.send({"command": "subscribe", "topic": "t"})
+            consumer = await LineClient.open(server.port)
+            await consumer.write({"command": "subscribe", "topic": "t"})
             store.gate.set()
-            assert await consumer.recv() == {"success": True}
-            replayed = await consumer.recv()
+            assert await consumer.read() == {"success": True}
+            replayed = await consumer.read()
             assert (replayed["msg"], replayed["index"]) == ("early", 0)
             assert store.next["t"] == 1  # stored before it was replayed
-            assert await producer.recv() == {"success": True}
+            assert await producer.read() == {"success": True}
             await producer.aclose()
             await consumer.aclose()
 
@@ -521,12 +421,12 @@ async def test_a_failing_store_stops_the_server_and_acknowledges_nothing_more(
     with anyio.fail_after(TIMEOUT):
         async with anyio.create_task_group() as tg:
             tg.start_soon(serve)
-            producer = await Conn.open(server.port)
+            producer = await LineClient.open(server.port)
             assert await producer.request(send_cmd("t", "stored")) == {"success": True}
-            await producer.send(send_cmd("t", "not stored"))
+            await producer.write(send_cmd("t", "not stored"))
             try:
                 while True:
-                    replies.append(await producer.recv())
+                    replies.append(await producer.read())
             except DEAD:
                 pass
             await producer.aclose()
@@ -541,12 +441,12 @@ async def test_a_one_message_is_consumed_in_the_store_only_once_its_bytes_left_t
     n = 40  # 36 MB of `one` messages: more than the socket buffers hold
     payload = "x" * 900_000
     with anyio.fail_after(TIMEOUT):
-        async with in_process(store) as server:
-            consumer = await Conn.open(server.port)
+        async with in_process(store=store) as server:
+            consumer = await LineClient.open(server.port)
             assert await consumer.request({"command": "subscribe", "topic": "jobs"}) == {
                 "success": True
             }
-            producer = await Conn.open(server.port)
+            producer = await LineClient.open(server.port)
             for _ in range(n):
                 assert await producer.request(send_cmd("jobs", payload, "one")) == {"success": True}
             # The consumer has read nothing: the newest job is still in the
@@ -554,7 +454,7 @@ async def test_a_one_message_is_consumed_in_the_store_only_once_its_bytes_left_t
             stored = {i for state in store.load().topics for i, _, _ in state.cache}
             assert n - 1 in stored
             for i in range(n):
-                assert (await consumer.recv())["index"] == i
+                assert (await consumer.read())["index"] == i
             # Everything has left; the next commit takes the consumptions along.
             assert await producer.request(send_cmd("other", "m")) == {"success": True}
             assert store.cached_count() == 1  # only "other"'s message
@@ -567,13 +467,13 @@ async def test_a_half_closed_client_gets_every_reply_held_for_a_commit() -> None
     store = WatchedStore(delay=0.002, in_thread=True)
     n = 500
     with anyio.fail_after(TIMEOUT):
-        async with in_process(store) as server:
-            producer = await Conn.open(server.port)
-            await producer.send(*(send_cmd("h", f"m{i}") for i in range(n)))
+        async with in_process(store=store) as server:
+            producer = await LineClient.open(server.port)
+            await producer.write(*(send_cmd("h", f"m{i}") for i in range(n)))
             await producer.stream.send_eof()
-            replies = [await producer.recv() for _ in range(n)]
-            with pytest.raises(anyio.IncompleteRead):  # then the server closes
-                await producer.recv()
+            replies = [await producer.read() for _ in range(n)]
+            with pytest.raises(anyio.EndOfStream):  # then the server closes
+                await producer.read()
             assert replies == [{"success": True}] * n
             assert store.next["h"] == n
             await producer.aclose()
@@ -584,24 +484,24 @@ async def test_a_quit_while_a_commit_is_released_does_not_release_later_outputs_
     store = WatchedStore(delay=0.001, in_thread=True)
     n = 3000
     with anyio.fail_after(TIMEOUT):
-        async with in_process(store) as server:
+        async with in_process(store=store) as server:
             done = anyio.Event()
 
             async def quitter() -> None:
                 # Connections closing (a `quit`) while outputs are being released.
                 while not done.is_set():
-                    conn = await Conn.open(server.port)
+                    conn = await LineClient.open(server.port)
                     await conn.stream.send(b"quit\n")
-                    with pytest.raises(anyio.IncompleteRead):
-                        await conn.recv()
+                    with pytest.raises(anyio.EndOfStream):
+                        await conn.read()
                     await conn.aclose()
 
             async def produce(topic: str) -> None:
-                producer = await Conn.open(server.port)
+                producer = await LineClient.open(server.port)
                 for start in range(0, n, 250):
-                    await producer.send(*(send_cmd(topic, "m") for _ in range(250)))
+                    await producer.write(*(send_cmd(topic, "m") for _ in range(250)))
                     for k in range(start + 1, start + 251):
-                        assert await producer.recv() == {"success": True}
+                        assert await producer.read() == {"success": True}
                         # The k-th reply is written only once the k-th send is stored.
                         assert store.next[topic] >= k
                 await producer.aclose()

@@ -9,31 +9,19 @@ from the start of the cache and flags the first message after the restart.
 
 from __future__ import annotations
 
-import os
-import signal
-import sys
-import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from subprocess import PIPE
 
 import anyio
 import anyio.abc
 import pytest
-from anyio.streams.buffered import BufferedByteReceiveStream
 
 import mqcore_client
 
+from .helpers import TIMEOUT, ServerProcess, start_server
+
 pytestmark = pytest.mark.anyio
-
-TIMEOUT = 30
-
-
-@pytest.fixture
-def data_dir() -> Iterator[Path]:
-    with tempfile.TemporaryDirectory() as tmp:
-        yield Path(tmp) / "data"
 
 
 class Servers:
@@ -41,42 +29,21 @@ class Servers:
 
     def __init__(self, tg: anyio.abc.TaskGroup) -> None:
         self.tg = tg
-        self.process: anyio.abc.Process | None = None
+        self.server: ServerProcess | None = None
 
     async def start(self, port: int, *args: str) -> int:
         """Start a server on ``port`` (0: any free one); return the port it listens on."""
-        command = [sys.executable, "-m", "mqcore_tcp", "--port", str(port), *args]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.process = process = await anyio.open_process(
-            command, stdout=PIPE, stderr=PIPE, env=env
-        )
-        assert process.stderr is not None
-        stderr = BufferedByteReceiveStream(process.stderr)
-        while True:
-            text = (await stderr.receive_until(b"\n", 1 << 16)).decode()
-            if "listening on" in text:
-                bound = int(text.rsplit(":", 1)[1])
-                break
-
-        async def drain() -> None:
-            # Keep reading its log, so the server never blocks on a full pipe.
-            try:
-                while True:
-                    await stderr.receive(1 << 16)
-            except (anyio.EndOfStream, anyio.ClosedResourceError):
-                pass
-
-        self.tg.start_soon(drain)
-        return bound
+        self.server = await start_server(self.tg, *args, port=port)
+        return self.server.port
 
     async def kill(self) -> None:
         """SIGKILL the running server: a crash, not a graceful stop."""
-        process = self.process
-        assert process is not None
-        process.send_signal(signal.SIGKILL)
-        await process.wait()
-        await process.aclose()
-        self.process = None
+        server = self.server
+        assert server is not None
+        server.kill()
+        await server.process.wait()
+        await server.process.aclose()
+        self.server = None
 
 
 @asynccontextmanager
@@ -86,7 +53,7 @@ async def servers() -> AsyncIterator[Servers]:
         try:
             yield s
         finally:
-            if s.process is not None:
+            if s.server is not None:
                 with anyio.CancelScope(shield=True):
                     await s.kill()
 

@@ -2,62 +2,27 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
-import anyio.abc
 import pytest
 
 from mqcore_tcp import TCPServer
+
+from .helpers import LineClient, in_process
 
 pytestmark = pytest.mark.anyio
 
 OK = {"success": True}
 
 
-class LineClient:
-    """A raw protocol client: write JSON lines, read JSON objects."""
-
-    def __init__(self, stream: anyio.abc.SocketStream) -> None:
-        self.stream = stream
-        self.buffer = b""
-
-    async def write(self, *objs: Any) -> None:
-        await self.stream.send(b"".join(json.dumps(o).encode() + b"\n" for o in objs))
-
-    async def read(self) -> Any:
-        while b"\r\n" not in self.buffer:
-            self.buffer += await self.stream.receive()
-        raw, self.buffer = self.buffer.split(b"\r\n", 1)
-        return json.loads(raw)
-
-    async def read_n(self, n: int) -> list[Any]:
-        return [await self.read() for _ in range(n)]
-
-    async def request(self, obj: Any) -> Any:
-        await self.write(obj)
-        return await self.read()
-
-
-@asynccontextmanager
-async def running(**options: Any) -> AsyncIterator[TCPServer]:
-    server = TCPServer(port=0, **options)
-    async with anyio.create_task_group() as tg:
-        await tg.start(server.serve)
-        try:
-            with anyio.fail_after(30):
-                yield server
-        finally:
-            server.shutdown()
-
-
 @asynccontextmanager
 async def client(server: TCPServer) -> AsyncIterator[LineClient]:
-    async with await anyio.connect_tcp("127.0.0.1", server.port) as stream:
-        yield LineClient(stream)
+    """A raw protocol client of ``server``, closed on leaving."""
+    async with await LineClient.open(server.port) as c:
+        yield c
 
 
 def send(topic: str, msg: str, delivery: str = "all") -> dict[str, Any]:
@@ -65,25 +30,25 @@ def send(topic: str, msg: str, delivery: str = "all") -> dict[str, Any]:
 
 
 async def test_fan_out_to_several_subscribers() -> None:
-    async with running() as server, client(server) as pub:
+    async with in_process() as server, client(server) as pub:
         subs = []
         async with anyio.create_task_group() as tg:
             for _ in range(5):
-                c = LineClient(await anyio.connect_tcp("127.0.0.1", server.port))
+                c = await LineClient.open(server.port)
                 assert await c.request({"command": "subscribe", "topic": "news"}) == OK
                 subs.append(c)
             tg.cancel_scope.cancel()
         assert await pub.request(send("news", "hello")) == OK
         for c in subs:
             assert await c.read() == {**send("news", "hello"), "index": 0}
-            await c.stream.aclose()
+            await c.aclose()
 
 
 async def test_one_reaches_exactly_one_of_several() -> None:
-    async with running() as server, client(server) as pub:
+    async with in_process() as server, client(server) as pub:
         subs = []
         for _ in range(4):
-            c = LineClient(await anyio.connect_tcp("127.0.0.1", server.port))
+            c = await LineClient.open(server.port)
             assert await c.request({"command": "subscribe", "topic": "jobs"}) == OK
             subs.append(c)
         n = 40
@@ -96,12 +61,12 @@ async def test_one_reaches_exactly_one_of_several() -> None:
             while (msg := await c.read())["msg"] != "end":
                 assert msg["delivery"] == "one"
                 seen.append(msg["index"])
-            await c.stream.aclose()
+            await c.aclose()
         assert sorted(seen) == list(range(n))
 
 
 async def test_cache_replay_with_last_seen() -> None:
-    async with running(cache_size=5) as server, client(server) as pub, client(server) as late:
+    async with in_process(cache_size=5) as server, client(server) as pub, client(server) as late:
         for i in range(8):
             assert await pub.request(send("t", f"m{i}")) == OK
         await late.write({"command": "subscribe", "topic": "t", "last_seen": 4})
@@ -114,7 +79,7 @@ async def test_cache_replay_with_last_seen() -> None:
 
 async def test_pipelined_sends_are_acknowledged_and_delivered_in_order() -> None:
     n = 10_000
-    async with running() as server, client(server) as pub, client(server) as sub:
+    async with in_process() as server, client(server) as pub, client(server) as sub:
         assert await sub.request({"command": "subscribe", "topic": "p"}) == OK
         async with anyio.create_task_group() as tg:
 
@@ -134,12 +99,12 @@ async def test_pipelined_sends_are_acknowledged_and_delivered_in_order() -> None
 
 
 async def test_500_concurrent_connections() -> None:
-    async with running() as server, client(server) as pub:
+    async with in_process() as server, client(server) as pub:
         conns: list[LineClient] = []
         try:
 
             async def join() -> None:
-                c = LineClient(await anyio.connect_tcp("127.0.0.1", server.port))
+                c = await LineClient.open(server.port)
                 conns.append(c)
                 assert await c.request({"command": "subscribe", "topic": "all"}) == OK
 
@@ -157,7 +122,7 @@ async def test_500_concurrent_connections() -> None:
                     tg.start_soon(check)
         finally:
             for c in conns:
-                await c.stream.aclose()
+                await c.aclose()
 
 
 async def test_slow_subscriber_is_disconnected_while_others_keep_receiving() -> None:
@@ -165,7 +130,7 @@ async def test_slow_subscriber_is_disconnected_while_others_keep_receiving() -> 
     payload = "x" * 8000
     n = 4000  # 32 MB: far more than the socket buffers and the cap hold
     async with (
-        running(max_queued_bytes=cap) as server,
+        in_process(max_queued_bytes=cap) as server,
         client(server) as pub,
         client(server) as slow,
         client(server) as fast,
@@ -193,7 +158,7 @@ async def test_slow_subscriber_is_disconnected_while_others_keep_receiving() -> 
 
 
 async def test_quit_flushes_then_closes() -> None:
-    async with running() as server, client(server) as c:
+    async with in_process() as server, client(server) as c:
         await c.stream.send(b'{"command":"subscribe","topic":"q"}\nquit\n{"command":"x"}\n')
         assert await c.read() == OK
         with pytest.raises(anyio.EndOfStream):
@@ -201,7 +166,7 @@ async def test_quit_flushes_then_closes() -> None:
 
 
 async def test_half_closed_client_still_gets_its_replies() -> None:
-    async with running() as server, client(server) as c:
+    async with in_process() as server, client(server) as c:
         await c.write({"command": "subscribe", "topic": "h"}, send("h", "m"))
         await c.stream.send_eof()
         assert await c.read_n(3) == [OK, {**send("h", "m"), "index": 0}, OK]
@@ -223,7 +188,7 @@ async def test_graceful_shutdown_flushes_and_closes_connections() -> None:
 
 async def test_bad_input_does_not_disturb_other_clients() -> None:
     async with (
-        running(max_line_bytes=1024) as server,
+        in_process(max_line_bytes=1024) as server,
         client(server) as bad,
         client(server) as good,
     ):
@@ -240,14 +205,14 @@ async def test_bad_input_does_not_disturb_other_clients() -> None:
 
 
 async def test_one_never_goes_to_a_closed_connection() -> None:
-    async with running() as server, client(server) as pub, client(server) as stay:
-        gone = LineClient(await anyio.connect_tcp("127.0.0.1", server.port))
+    async with in_process() as server, client(server) as pub, client(server) as stay:
+        gone = await LineClient.open(server.port)
         for c in (gone, stay):
             assert await c.request({"command": "subscribe", "topic": "w"}) == OK
         await gone.stream.send(b"quit\n")
         with pytest.raises(anyio.EndOfStream):
             await gone.read()
-        await gone.stream.aclose()
+        await gone.aclose()
         for i in range(20):
             assert await pub.request(send("w", f"j{i}", "one")) == OK
         assert [m["index"] for m in await stay.read_n(20)] == list(range(20))

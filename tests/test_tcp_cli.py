@@ -6,45 +6,13 @@ import json
 import signal
 import socket
 import subprocess
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
 
 from mqcore_tcp import parse_args
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-@contextmanager
-def server_process(*args: str) -> Iterator[subprocess.Popen[str]]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mqcore_tcp", *args],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stderr is not None
-        # Wait for the server to say it listens: its log line, not a sleep.
-        for text in proc.stderr:
-            if "listening on" in text:
-                break
-        else:
-            pytest.fail(f"server exited with {proc.wait()} before listening")
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        assert proc.stderr is not None
-        proc.stderr.close()
+from .helpers import free_port, popen_server, server_command
 
 
 def request(port: int, *lines: bytes) -> list[Any]:
@@ -58,7 +26,7 @@ def request(port: int, *lines: bytes) -> list[Any]:
 
 def test_reference_positional_form_and_sigterm() -> None:
     port = free_port()
-    with server_process(str(port), "2") as proc:
+    with popen_server(str(port), "2") as proc:
         sends = [
             b'{"command":"send","topic":"t","msg":"%d","delivery":"all"}\n' % i for i in range(4)
         ]
@@ -72,7 +40,7 @@ def test_reference_positional_form_and_sigterm() -> None:
 
 def test_sigint_stops_with_status_zero() -> None:
     port = free_port()
-    with server_process("--port", str(port), "--log-level", "debug") as proc:
+    with popen_server("--port", str(port), "--log-level", "debug") as proc:
         assert request(port) == []
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=10) == 0
@@ -86,7 +54,7 @@ def test_port_in_use_is_a_one_line_error() -> None:
         busy.listen()
         port = busy.getsockname()[1]
         result = subprocess.run(
-            [sys.executable, "-m", "mqcore_tcp", "--port", str(port)],
+            server_command("--port", str(port)),
             capture_output=True,
             text=True,
             timeout=30,
@@ -99,9 +67,7 @@ def test_port_in_use_is_a_one_line_error() -> None:
 
 
 def test_help_explains_every_option() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "mqcore_tcp", "--help"], capture_output=True, text=True, timeout=30
-    )
+    result = subprocess.run(server_command("--help"), capture_output=True, text=True, timeout=30)
     assert result.returncode == 0
     for option in [
         "--host",

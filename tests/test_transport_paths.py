@@ -11,6 +11,8 @@ import pytest
 
 from mqcore_tcp import TCPServer
 
+from .helpers import LineClient, in_process
+
 SUBSCRIBE = b'{"command":"subscribe","topic":"t"}\n'
 OK = b'{"success": true}\r\n'
 
@@ -19,40 +21,34 @@ def _send(i: int) -> bytes:
     return b'{"command":"send","topic":"t","msg":"%d","delivery":"all"}\n' % i
 
 
-async def _read_lines(stream: anyio.abc.SocketStream, n: int) -> list[bytes]:
-    data = b""
-    while data.count(b"\r\n") < n:
-        data += await stream.receive()
-    return data.split(b"\r\n")[:n]
+async def _read_lines(client: LineClient, n: int) -> list[bytes]:
+    return [await client.read_line() for _ in range(n)]
 
 
-async def _read_forever(stream: anyio.abc.SocketStream) -> None:
+async def _read_forever(client: LineClient) -> None:
     while True:
-        await stream.receive()
+        await client.read_line()
 
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
 @pytest.mark.anyio
 async def test_both_paths_deliver_pipelined_sends_in_order(anyio_backend: str) -> None:
     n = 2000
-    server = TCPServer(port=0)
-    async with anyio.create_task_group() as tg:
-        await tg.start(server.serve)
+    async with in_process() as server:
         with anyio.fail_after(20):
             async with (
-                await anyio.connect_tcp("127.0.0.1", server.port) as sub,
-                await anyio.connect_tcp("127.0.0.1", server.port) as pub,
+                await LineClient.open(server.port) as sub,
+                await LineClient.open(server.port) as pub,
             ):
-                await sub.send(SUBSCRIBE)
+                await sub.stream.send(SUBSCRIBE)
                 assert await _read_lines(sub, 1) == [OK[:-2]]
-                await pub.send(b"".join(_send(i) for i in range(n)))
+                await pub.stream.send(b"".join(_send(i) for i in range(n)))
                 assert await _read_lines(pub, n) == [OK[:-2]] * n
                 lines = await _read_lines(sub, n)
                 assert lines[-1].endswith(b', "index": %d}' % (n - 1))
                 assert [line.split(b'"msg":"')[1].split(b'"')[0] for line in lines] == [
                     b"%d" % i for i in range(n)
                 ]
-        server.shutdown()
 
 
 @pytest.mark.anyio
@@ -60,8 +56,8 @@ async def test_cancelling_serve_closes_protocol_connections() -> None:
     server = TCPServer(port=0)
     async with anyio.create_task_group() as tg:
         await tg.start(server.serve)
-        client = await anyio.connect_tcp("127.0.0.1", server.port)
-        await client.send(SUBSCRIBE)
+        client = await LineClient.open(server.port)
+        await client.stream.send(SUBSCRIBE)
         assert await _read_lines(client, 1) == [OK[:-2]]
         tg.cancel_scope.cancel()  # not shutdown(): no task owns the connection
     async with client:
