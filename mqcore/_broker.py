@@ -284,7 +284,7 @@ class Broker:
                 conn.out = None
         self._dirty = []
         records = self._records
-        if self._bumped or self._trimmed:
+        if self._bumped:
             self._topic_records(records)
         output = Output(writes, self._close, records, self._after_write)
         self._close = []
@@ -313,9 +313,6 @@ class Broker:
                     CacheAdd(name, entry.index, "one" if entry.one else "all", entry.data)
                 )
             records.append(NextIndex(name, topic.next_index))
-        for name, evicted in trimmed.items():
-            if name not in self._bumped:  # evicted for the byte budget, not sent to
-                records.append(CacheTrim(name, evicted + 1))
         self._bumped = {}
         if trimmed:
             self._trimmed = {}
@@ -334,6 +331,7 @@ class Broker:
             # Never hand out an index a stored message already has, even if
             # the store's next index lags behind its cache.
             topic.next_index = max(state.next_index, entries[-1][0] + 1 if entries else 0)
+            self._uncache(list(topic.cache))
             topic.cache.clear()
             dropped = entries[: max(0, len(entries) - self.cache_size)]
             if self._durable and dropped:
@@ -442,11 +440,9 @@ class Broker:
         if len(cache) == self.cache_size:
             # The deque drops its oldest entry as this one goes in.
             old = cache[0]
-            old.gone = True
-            self._cached -= 1
-            self._cache_bytes -= len(old.data)
             if self._durable:
                 self._trimmed[entry.topic] = old.index
+            self._uncache([old])
         cache.append(entry)
         self._cached += 1
         self._cache_bytes += len(entry.data)
@@ -462,6 +458,8 @@ class Broker:
             entry.gone = True
             self._cached -= 1
             self._cache_bytes -= len(entry.data)
+            # It may wait in _cache_order until a compaction: without its bytes.
+            entry.data = b""
 
     def _shrink_cache(self) -> None:
         """Evict the oldest cached messages, over all topics, until within max_cache_bytes."""
@@ -476,7 +474,10 @@ class Broker:
             topic.cache.popleft()
             self._uncache([entry])
             if self._durable:
-                self._trimmed[entry.topic] = entry.index
+                # Exactly this message, not a trim of everything older: the
+                # store may still hold an older `one` message of the topic that
+                # waits for its consumer's bytes to be written.
+                self._records.append(CacheRemove(entry.topic, entry.index))
 
     def _remove_subscriber(self, topic: _Topic, conn: _Connection) -> None:
         if topic.subscribers.pop(conn, 0) is None:
@@ -504,9 +505,9 @@ class Broker:
             # store forgets it only once it is written (at least once).
             kept = [e for e in topic.cache if not (e.one and e.index > last_seen)]
             consumed_entries = [e for e in topic.cache if e.one and e.index > last_seen]
-            self._uncache(consumed_entries)
             if self._durable:
                 self._consumed(conn, command.topic, consumed_entries)
+            self._uncache(consumed_entries)
             topic.cache = deque(kept, maxlen=self.cache_size)
 
     def _consumed(self, conn: _Connection, name: str, entries: list[_Entry]) -> None:
@@ -548,7 +549,7 @@ class Broker:
         if line.count(b'"') < _SPLICE_QUOTES:
             data = line.strip(b" \t\r}") + b', "index": %d}\r\n' % index
         else:
-            data = delivery_bytes(command, index, cache_given=b'"cache"' in line)
+            data = delivery_bytes(line, index)
         subscribers = topic.snapshot
         cache = command.cache and self.cache_size > 0
         if command.delivery == "all":

@@ -152,16 +152,13 @@ def hello_reply(
     return _ENCODER.encode(reply) + b"\r\n"
 
 
-def delivery_bytes(send: Send, index: int, *, cache_given: bool) -> bytes:
-    """Encode a delivered message: ``send``'s keys (``cache`` if it was given) plus ``index``."""
-    fields: dict[str, object] = {
-        "command": "send",
-        "topic": send.topic,
-        "msg": send.msg,
-        "delivery": send.delivery,
-    }
-    if cache_given:
-        fields["cache"] = send.cache
+def delivery_bytes(line: bytes, index: int) -> bytes:
+    """Re-encode the valid ``send`` command ``line`` plus ``index`` as a delivery.
+
+    The sender's keys, in its order, with a repeated key once (the last value
+    counts, as in the reference's re-encoding).
+    """
+    fields = msgspec.json.decode(line, type=dict[str, object])
     fields["index"] = index
     return _ENCODER.encode(fields) + b"\r\n"
 

@@ -51,7 +51,11 @@ class CacheAdd(msgspec.Struct, frozen=True, gc=False):
 
 
 class CacheRemove(msgspec.Struct, frozen=True, gc=False):
-    """The cached ``one`` message ``index`` of ``topic`` was consumed (its bytes are written)."""
+    """Message ``index`` of ``topic`` left the store's cache.
+
+    A consumed ``one`` message (once its bytes are written), or a message
+    evicted to keep the cache within ``max_cache_bytes``.
+    """
 
     topic: str
     index: int
