@@ -30,8 +30,8 @@ from ._protocol import (
     error_reply,
     hello_reply,
 )
-from ._records import CacheAdd, CacheRemove, CacheTrim, NextIndex, Record, TopicState
-from ._store import MemoryStore, Snapshot, Store, StoreError
+from ._records import CacheAdd, CacheRemove, CacheTrim, DropTopic, NextIndex, Record, TopicState
+from ._store import MemoryStore, Snapshot, Store, StoreError, StoreUnavailable
 from ._version import __version__
 
 __all__ = [
@@ -48,6 +48,7 @@ __all__ = [
     "Command",
     "ConnectionId",
     "Delivery",
+    "DropTopic",
     "Hello",
     "HelloReply",
     "MemoryStore",
@@ -61,6 +62,7 @@ __all__ = [
     "Snapshot",
     "Store",
     "StoreError",
+    "StoreUnavailable",
     "Subscribe",
     "TopicState",
     "Unsubscribe",

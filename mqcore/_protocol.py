@@ -104,6 +104,8 @@ class Reason:
     MALFORMED: Final = "Malformed json message"
     LINE_TOO_LONG: Final = "Line too long"
     TOO_MANY_TOPICS: Final = "Too many topics"
+    TOPIC_TOO_LONG: Final = "Topic name too long"
+    STORAGE_UNAVAILABLE: Final = "Storage unavailable"
 
 
 #: The reply to every successful command, byte for byte as the reference writes it.

@@ -22,7 +22,15 @@ import msgspec
 
 from ._protocol import Delivery
 
-__all__ = ["CacheAdd", "CacheRemove", "CacheTrim", "NextIndex", "Record", "TopicState"]
+__all__ = [
+    "CacheAdd",
+    "CacheRemove",
+    "CacheTrim",
+    "DropTopic",
+    "NextIndex",
+    "Record",
+    "TopicState",
+]
 
 # The records are frozen msgspec Structs rather than frozen dataclasses: a
 # durable broker makes one or two per message, and a Struct is several times
@@ -74,7 +82,21 @@ class CacheTrim(msgspec.Struct, frozen=True, gc=False):
     below: int
 
 
-Record = NextIndex | CacheAdd | CacheRemove | CacheTrim
+class DropTopic(msgspec.Struct, frozen=True, gc=False):
+    """``topic`` was forgotten (empty, uncached, unsubscribed): delete all it has.
+
+    Numbering must never restart within an epoch, so the store also raises
+    its *index floor* to at least ``next_index`` (the forgotten topic's next
+    index): a topic created later, this one included, starts numbering at the
+    floor, never below an index a client may already have seen. The floor is
+    one integer for the whole store, so forgetting stays O(1) in space.
+    """
+
+    topic: str
+    next_index: int
+
+
+Record = NextIndex | CacheAdd | CacheRemove | CacheTrim | DropTopic
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,13 +16,23 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ._protocol import Delivery
-from ._records import CacheAdd, CacheRemove, CacheTrim, NextIndex, Record, TopicState
+from ._records import CacheAdd, CacheRemove, CacheTrim, DropTopic, NextIndex, Record, TopicState
 
-__all__ = ["MemoryStore", "Snapshot", "Store", "StoreError"]
+__all__ = ["MemoryStore", "Snapshot", "Store", "StoreError", "StoreUnavailable"]
 
 
 class StoreError(Exception):
     """A store cannot be opened, read or written; the message names the store and why."""
+
+
+class StoreUnavailable(StoreError):
+    """A batch could not be stored *for now* (disk full, file made read-only).
+
+    Nothing of the batch was stored (a store applies a batch all or none), and
+    the store stays usable: the caller keeps the batch, refuses new work that
+    needs the store (``Storage unavailable``) and applies the batch again
+    later. Any other :class:`StoreError` is fatal.
+    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,10 +41,14 @@ class Snapshot:
 
     ``epoch`` names the store's index numbering: it is made once, when the
     store is created, so it changes exactly when numbering starts over.
+    ``index_floor`` is the highest ``next_index`` of any topic forgotten
+    (:class:`~mqcore.DropTopic`) in this epoch: a topic created after the
+    restore starts numbering there, so no index is ever handed out twice.
     """
 
     epoch: str
     topics: list[TopicState]
+    index_floor: int = 0
 
 
 class Store(Protocol):
@@ -74,6 +88,7 @@ class MemoryStore:
         self.epoch = epoch
         self._next: dict[str, int] = {}
         self._cache: dict[str, dict[int, tuple[Delivery, bytes]]] = {}
+        self._floor = 0
         self._closed = False
 
     def load(self) -> Snapshot:
@@ -89,6 +104,7 @@ class MemoryStore:
                 )
                 for name in names
             ],
+            self._floor,
         )
 
     def apply(self, records: Sequence[Record]) -> None:
@@ -96,12 +112,16 @@ class MemoryStore:
         if self._closed:
             raise StoreError("memory store: closed")
         for record in records:
-            if not isinstance(record, NextIndex | CacheAdd | CacheRemove | CacheTrim):
+            if not isinstance(record, NextIndex | CacheAdd | CacheRemove | CacheTrim | DropTopic):
                 raise StoreError(f"memory store: not a record: {record!r}")
         for record in records:
             if isinstance(record, NextIndex):
                 # Indices only grow: a stale record must not move one back.
                 self._next[record.topic] = max(self._next.get(record.topic, 0), record.next_index)
+            elif isinstance(record, DropTopic):
+                self._next.pop(record.topic, None)
+                self._cache.pop(record.topic, None)
+                self._floor = max(self._floor, record.next_index)
             elif isinstance(record, CacheAdd):
                 self._cache.setdefault(record.topic, {})[record.index] = (
                     record.delivery,

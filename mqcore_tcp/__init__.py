@@ -7,7 +7,7 @@
 
 from ._cli import main, parse_args
 from ._server import DEFAULT_MAX_QUEUED_BYTES, DEFAULT_PORT, TCPServer, serve
-from ._sqlite_store import DEFAULT_FSYNC, FSYNC_MODES, FsyncMode, SQLiteStore
+from .store import DEFAULT_FSYNC, FSYNC_MODES, FsyncMode, SQLiteStore
 
 __all__ = [
     "DEFAULT_FSYNC",

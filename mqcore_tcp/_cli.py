@@ -19,7 +19,7 @@ from mqcore import (
 )
 
 from ._server import DEFAULT_MAX_QUEUED_BYTES, DEFAULT_PORT, TCPServer
-from ._sqlite_store import DEFAULT_FSYNC, FSYNC_MODES, SQLiteStore
+from .store import DEFAULT_FSYNC, FSYNC_MODES, SQLiteStore
 
 __all__ = ["main", "parse_args"]
 

@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+#: The one idiom for a test (or module, as ``pytestmark``) that runs on both backends.
+BOTH_BACKENDS = pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
+
 
 @pytest.fixture
 def anyio_backend() -> str:

@@ -9,7 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass
 from subprocess import PIPE
@@ -23,20 +23,7 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 from mqcore import Broker, ConnectionId
 from mqcore_tcp import TCPServer
 
-
-def line(obj: Any) -> bytes:
-    """One command line as a client of the reference would send it."""
-    return json.dumps(obj).encode() + b"\n"
-
-
-def parse(chunks: Iterable[bytes]) -> list[Any]:
-    """Parse the bytes written to one connection into JSON objects.
-
-    Also checks the framing: every object ends with ``\\r\\n`` and nothing else is written.
-    """
-    data = b"".join(chunks)
-    assert data == b"" or data.endswith(b"\r\n"), data
-    return [json.loads(part) for part in data.split(b"\r\n")[:-1]]
+from .wire import line, parse
 
 
 class Harness:

@@ -29,7 +29,7 @@ import pytest
 from mqcore import MemoryStore, NextIndex, Record, Snapshot, StoreError
 from mqcore_tcp import TCPServer
 
-from .helpers import TIMEOUT, LineClient, in_process, server_command, server_process
+from ..helpers import TIMEOUT, LineClient, in_process, server_command, server_process
 
 pytestmark = pytest.mark.anyio
 

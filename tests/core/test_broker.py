@@ -19,7 +19,8 @@ from mqcore import (
     TopicState,
 )
 
-from .helpers import Harness, line
+from ..helpers import Harness
+from ..wire import line
 
 OK = {"success": True}
 

@@ -11,7 +11,7 @@ import pytest
 
 from mqcore_tcp import TCPServer
 
-from .helpers import LineClient, in_process
+from ..helpers import LineClient, in_process
 
 pytestmark = pytest.mark.anyio
 

@@ -18,7 +18,7 @@ from mqcore_client import (
 )
 from mqcore_tcp import TCPServer
 
-from .helpers import free_port
+from ..helpers import free_port
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ import pytest
 
 import mqcore_client
 
-from .helpers import TIMEOUT, ServerProcess, start_server
+from ..helpers import TIMEOUT, ServerProcess, start_server
 
 pytestmark = pytest.mark.anyio
 

@@ -11,7 +11,7 @@ import anyio.abc
 from anyio.abc import SocketAttribute
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from .helpers import in_process
+from ..helpers import in_process
 
 
 @asynccontextmanager

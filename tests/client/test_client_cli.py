@@ -13,8 +13,8 @@ import pytest
 
 from mqcore_client._cli import main
 
-from .client_support import serving
-from .helpers import free_port
+from ..helpers import free_port
+from .support import serving
 
 pytestmark = pytest.mark.anyio
 

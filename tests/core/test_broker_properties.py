@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 
 from mqcore import Broker
 
-from .helpers import Harness, line
+from ..helpers import Harness
+from ..wire import line
 
 MAX_LINE = 200
 

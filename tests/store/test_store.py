@@ -29,9 +29,9 @@ from mqcore import (
     TopicState,
 )
 from mqcore_tcp import SQLiteStore
-from mqcore_tcp._sqlite_store import STORE_FILE
+from mqcore_tcp.store import STORE_FILE
 
-from .helpers import line, parse
+from ..wire import line, parse
 
 
 def send(topic: str, msg: str, delivery: str = "all", **extra: Any) -> bytes:

@@ -12,7 +12,7 @@ import pytest
 
 from mqcore_tcp import parse_args
 
-from .helpers import free_port, popen_server, server_command
+from ..helpers import free_port, popen_server, server_command
 
 
 def request(port: int, *lines: bytes) -> list[Any]:

@@ -11,7 +11,7 @@ import pytest
 
 from mqcore_tcp import TCPServer
 
-from .helpers import LineClient, in_process
+from ..helpers import LineClient, in_process
 
 SUBSCRIBE = b'{"command":"subscribe","topic":"t"}\n'
 OK = b'{"success": true}\r\n'

@@ -19,11 +19,11 @@ from benchmarks import client_bench
 from examples import chat, custom_transport, embedded, resumable_consumer, work_queue
 from mqcore_client import Received, connect
 
-from .client_support import serving
+from ..client.support import serving
 
 pytestmark = pytest.mark.anyio
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 DEADLINE = 20
 
 

@@ -23,7 +23,7 @@ from mqcore_client import (
     connect,
 )
 
-from .client_support import proxying, scripted, serving
+from .support import proxying, scripted, serving
 
 pytestmark = pytest.mark.anyio
 
