@@ -16,7 +16,11 @@ Cases:
     the same with 50 subscribers; the rate counts deliveries;
 ``cache replay``
     a subscriber re-subscribes to a topic with a full cache of 100
-    messages, over and over; the rate counts replayed messages.
+    messages, over and over; the rate counts replayed messages;
+``sub churn 100k``
+    a topic with 100,000 subscribers while one more connection subscribes
+    and unsubscribes over and over (and connections come and go); the rate
+    counts subscription changes.
 """
 
 from __future__ import annotations
@@ -132,12 +136,37 @@ def bench_replay(duration: float, cache_size: int = 100, rounds: int = 200) -> C
     return CaseResult("cache replay", "msg/s", rounds * cache_size, _timed(duration, one_round))
 
 
+def bench_churn(duration: float, subscribers: int = 100_000, rounds: int = 100) -> CaseResult:
+    """Subscribe and unsubscribe (and connect, subscribe, disconnect) beside many subscribers."""
+    broker = Broker()
+    subscribe = b'{"command":"subscribe","topic":"t"}\r\n'
+    for _ in range(subscribers):
+        broker.receive_data(broker.open_connection(), subscribe)
+    broker.take_output()
+    churner = broker.open_connection()
+    again = (subscribe + b'{"command":"unsubscribe","topic":"t"}\r\n') * rounds
+
+    def one_round() -> None:
+        broker.receive_data(churner, again)
+        for _ in range(rounds):
+            # A connection that subscribes, then goes away without unsubscribing.
+            passer = broker.open_connection()
+            broker.receive_data(passer, subscribe)
+            broker.connection_lost(passer)
+        broker.take_output()
+
+    return CaseResult(
+        f"sub churn {subscribers // 1000}k", "changes/s", 4 * rounds, _timed(duration, one_round)
+    )
+
+
 def run_cases(duration: float) -> list[CaseResult]:
     """Run every case for about ``duration`` seconds each."""
     return [
         bench_publish(1, duration),
         bench_publish(50, duration, messages=2_000),
         bench_replay(duration),
+        bench_churn(duration),
     ]
 
 

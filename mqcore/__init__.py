@@ -9,6 +9,7 @@ from ._broker import (
     DEFAULT_CACHE_SIZE,
     DEFAULT_MAX_CACHE_BYTES,
     DEFAULT_MAX_LINE_BYTES,
+    DEFAULT_MAX_TOPIC_BYTES,
     DEFAULT_MAX_TOPICS,
     Broker,
     ConnectionId,
@@ -31,6 +32,7 @@ from ._protocol import (
     hello_reply,
 )
 from ._records import CacheAdd, CacheRemove, CacheTrim, DropTopic, NextIndex, Record, TopicState
+from ._stats import BrokerStats
 from ._store import MemoryStore, Snapshot, Store, StoreError, StoreUnavailable
 from ._version import __version__
 
@@ -40,8 +42,10 @@ __all__ = [
     "DEFAULT_MAX_CACHE_BYTES",
     "DEFAULT_MAX_LINE_BYTES",
     "DEFAULT_MAX_TOPICS",
+    "DEFAULT_MAX_TOPIC_BYTES",
     "SUCCESS",
     "Broker",
+    "BrokerStats",
     "CacheAdd",
     "CacheRemove",
     "CacheTrim",

@@ -106,6 +106,10 @@ class Reason:
     TOO_MANY_TOPICS: Final = "Too many topics"
     TOPIC_TOO_LONG: Final = "Topic name too long"
     STORAGE_UNAVAILABLE: Final = "Storage unavailable"
+    #: A line whose handling failed in a way no rule foresaw (a bug, or out
+    #: of memory): the line changed nothing more than it had, and the
+    #: connection goes on with the next line.
+    INTERNAL_ERROR: Final = "Internal error"
 
 
 #: The reply to every successful command, byte for byte as the reference writes it.
@@ -124,7 +128,10 @@ class HelloReply(msgspec.Struct, forbid_unknown_fields=False):
 
     ``epoch`` changes whenever the server's index numbering starts over, so a
     client that saw another epoch before knows its ``last_seen`` means nothing.
-    ``durable`` says whether acknowledged messages survive a restart.
+    ``durable`` says whether acknowledged messages survive a restart;
+    ``storage`` (durable servers only) is ``"ok"``, or ``"unavailable"``
+    while the store cannot be written and every ``send`` is refused with
+    ``Storage unavailable``.
     """
 
     success: bool
@@ -135,12 +142,23 @@ class HelloReply(msgspec.Struct, forbid_unknown_fields=False):
     cache_size: int
     epoch: str
     durable: bool = False
+    # UNSET (absent from the bytes) for a server that is not durable, so its
+    # reply stays byte for byte what it was.
+    storage: Literal["ok", "unavailable"] | msgspec.UnsetType = msgspec.UNSET
 
 
 def hello_reply(
-    epoch: str, *, cache_size: int, max_line_bytes: int, durable: bool = False
+    epoch: str,
+    *,
+    cache_size: int,
+    max_line_bytes: int,
+    durable: bool = False,
+    storage_available: bool = True,
 ) -> bytes:
-    """Return the wire bytes of the reply to ``hello``."""
+    """Return the wire bytes of the reply to ``hello``.
+
+    A durable server's reply says whether its storage is available.
+    """
     reply = HelloReply(
         success=True,
         server=SERVER_NAME,
@@ -150,6 +168,7 @@ def hello_reply(
         cache_size=cache_size,
         epoch=epoch,
         durable=durable,
+        storage=("ok" if storage_available else "unavailable") if durable else msgspec.UNSET,
     )
     return _ENCODER.encode(reply) + b"\r\n"
 

@@ -20,26 +20,7 @@ from mqcore import (
 )
 
 from ..helpers import Harness
-from ..wire import line
-
-OK = {"success": True}
-
-
-def fail(reason: str) -> dict[str, Any]:
-    return {"success": False, "reason": reason}
-
-
-def sub(topic: str, **extra: Any) -> dict[str, Any]:
-    return {"command": "subscribe", "topic": topic, **extra}
-
-
-def send(topic: str, msg: str, delivery: str = "all", **extra: Any) -> dict[str, Any]:
-    return {"command": "send", "topic": topic, "msg": msg, "delivery": delivery, **extra}
-
-
-def delivered(topic: str, msg: str, index: int, delivery: str = "all", **extra: Any) -> Any:
-    return {**send(topic, msg, delivery, **extra), "index": index}
-
+from ..wire import OK, delivered, fail, line, send, sub, unsub
 
 # -- framing and error replies -----------------------------------------------------
 
@@ -110,6 +91,19 @@ def test_unicode_whitespace_is_stripped_like_the_reference() -> None:
         # JSON is parsed whole before it is validated, as the reference does.
         (b'{"command":"subscribe","topic":"t","x":' + b"[" * 100_000, Reason.NOT_JSON),
         (b"[" * 100_000 + b"]" * 100_000, Reason.NOT_JSON),
+        # Nesting past the decoder's limit, where the decoder skips a value
+        # (an unknown key, a missing tag): it raises RecursionError there.
+        (b'{"a":' * 1_000 + b"1" + b"}" * 1_000, Reason.NOT_JSON),
+        (b'{"a":' * 100_000 + b"1" + b"}" * 100_000, Reason.NOT_JSON),
+        (b'{"x":' + b'{"a":' * 1_000 + b"1" + b"}" * 1_001, Reason.NOT_JSON),
+        (b'{"x":' + b"[" * 1_000 + b"]" * 1_000 + b',"command":"subscribe"}', Reason.NOT_JSON),
+        (
+            b'{"command":"send","topic":"t","msg":"m","delivery":"all","x":'
+            + b'{"a":' * 1_000
+            + b"1"
+            + b"}" * 1_001,
+            Reason.NOT_JSON,
+        ),
         (
             b'{"command":"subscribe","topic":"t","x":' + b"[" * 100 + b"]" * 100 + b"}",
             Reason.MALFORMED,
@@ -273,11 +267,11 @@ def test_sender_subscribed_gets_its_copy_before_its_reply() -> None:
 def test_subscribe_and_unsubscribe_are_idempotent() -> None:
     h = Harness()
     a, p = h.connect(), h.connect()
-    h.send(a, sub("t"), sub("t"), {"command": "unsubscribe", "topic": "never"})
+    h.send(a, sub("t"), sub("t"), unsub("never"))
     assert h.take(a) == [OK, OK, OK]
     h.send(p, send("t", "m"))
     assert h.take(a) == [delivered("t", "m", 0)]
-    h.send(a, {"command": "unsubscribe", "topic": "t"}, {"command": "unsubscribe", "topic": "t"})
+    h.send(a, unsub("t"), unsub("t"))
     assert h.take(a) == [OK, OK]
     h.send(p, send("t", "m"))
     assert h.take(a) == []
@@ -473,7 +467,7 @@ SCRIPT = (
     + b"\xff\xfe\n"
     + line(send("t", "j", "one", cache=True))
     + b"not json\r\n"
-    + line({"command": "unsubscribe", "topic": "t"})
+    + line(unsub("t"))
     + b'{"command":"send","topic":"t","msg":"'
     + b"x" * 200
     + b'","delivery":"all"}\n'
@@ -539,21 +533,14 @@ def test_random_chooser_is_deterministic_when_seeded() -> None:
 # -- memory bounds -----------------------------------------------------------------------
 
 
-def test_max_topics_refuses_new_topics_but_serves_existing_ones() -> None:
+def test_max_topics_refuses_new_topics_only_when_every_topic_has_subscribers() -> None:
     h = Harness(Broker(max_topics=2))
     c = h.connect()
-    h.send(
-        c,
-        sub("a"),
-        send("b", "m"),
-        sub("c"),
-        send("d", "m"),
-        {"command": "unsubscribe", "topic": "e"},
-    )
+    h.send(c, sub("a"), sub("b"), sub("c"), send("d", "m"), unsub("e"))
     assert h.take(c) == [OK, OK, fail(Reason.TOO_MANY_TOPICS), fail(Reason.TOO_MANY_TOPICS), OK]
     assert h.broker.next_index("d") == 0
-    h.send(c, send("a", "m"), sub("b"))
-    assert h.take(c) == [delivered("a", "m", 0), OK, OK, delivered("b", "m", 0)]
+    h.send(c, send("a", "m"), send("b", "m"))
+    assert h.take(c) == [delivered("a", "m", 0), OK, delivered("b", "m", 0), OK]
 
 
 def test_max_cache_bytes_evicts_the_oldest_messages_over_all_topics() -> None:
@@ -583,7 +570,7 @@ def test_cache_byte_budget_survives_churn_of_consumed_and_evicted_messages() -> 
     assert h.broker.cached("jobs") == []
     assert sum(len(h.broker.cached(f"t{i}")) for i in range(7)) == 21
     # The broker-wide eviction order is compacted rather than keeping every message.
-    assert len(h.broker._cache_order) < 2 * 21 + 1024 + 1
+    assert len(h.broker._table.order) < 2 * 21 + 1024 + 1
 
 
 def test_durable_eviction_for_the_byte_budget_is_recorded_for_untouched_topics() -> None:
@@ -627,7 +614,7 @@ def test_evicted_messages_do_not_keep_their_bytes() -> None:
         broker.receive_data(p, line(send("big", "x" * 10_000)))
         broker.take_output()
     # Entries that left their cache may wait in the eviction order, but empty.
-    held = sum(len(e.data) for e in broker._cache_order)
+    held = sum(len(e.data) for e in broker._table.order)
     assert held <= sum(
         len(m) for t in ["big", *(f"small{i}" for i in range(200))] for m in broker.cached(t)
     )

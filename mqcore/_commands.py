@@ -1,0 +1,212 @@
+"""The commands: what ``subscribe``, ``unsubscribe``, ``send`` and ``hello`` do.
+
+:class:`Commands` is the half of :class:`~mqcore.Broker` that carries out a
+decoded command for a connection; the other half (framing, the slow path for
+bad lines, connection lifecycle, output) is in :mod:`mqcore._broker`. The
+rules of topics, subscribers and caches are :mod:`mqcore._topics`'s; the
+records a durable broker emits, :mod:`mqcore._journal`'s.
+
+- Every command gets exactly one reply; a ``send``'s deliveries (and a
+  ``subscribe``'s replay) come before the reply to it when the sender is a
+  subscriber.
+- A delivery is the sender's own line plus ``"index"``, spliced when that is
+  exact (see ``_SPLICE_QUOTES``), re-encoded otherwise; its bytes object is
+  shared by every subscriber and the cache.
+- A replay hands out the cached bytes objects themselves, never copies, and
+  consumes the ``one`` messages it replays.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Final
+
+from ._connection import Connection
+from ._journal import Journal
+from ._protocol import (
+    SUCCESS,
+    Command,
+    Hello,
+    Reason,
+    Send,
+    Subscribe,
+    Unsubscribe,
+    delivery_bytes,
+    error_reply,
+)
+from ._state import Entry, Topic
+from ._topics import TopicTable
+
+__all__ = ["REASONS", "Commands"]
+
+_MALFORMED: Final = error_reply(Reason.MALFORMED)
+_STORAGE_UNAVAILABLE: Final = error_reply(Reason.STORAGE_UNAVAILABLE)
+_TOPIC_TOO_LONG: Final = error_reply(Reason.TOPIC_TOO_LONG)
+#: A send without a repeated key has 16 quote characters (four keys, four
+#: string values), 18 with "cache"; a repeated key adds at least two more. So
+#: a line with fewer than 20 cannot repeat a key and is spliced as it is;
+#: one with more (a repeated key, or escaped quotes in a value) is re-encoded.
+_SPLICE_QUOTES: Final = 20
+
+
+class Commands:
+    """Carries out decoded commands; :class:`~mqcore.Broker` sets the state up."""
+
+    _choose: Callable[[int], int] | None
+    _journal: Journal | None
+    _table: TopicTable
+    _topics: dict[str, Topic]
+    _hello: bytes | None
+    _dirty: list[Connection]
+    _sends: int
+    _deliveries: int
+    _failures: dict[bytes, int]
+
+    def _emit(self, conn: Connection, chunk: bytes) -> None:
+        out = conn.out
+        if out is None:
+            conn.out = [chunk]
+            self._dirty.append(conn)
+        else:
+            out.append(chunk)
+
+    def _fail(self, conn: Connection, reply: bytes) -> None:
+        self._failures[reply] = self._failures.get(reply, 0) + 1
+        self._emit(conn, reply)
+
+    def _command(self, conn: Connection, command: Command) -> None:
+        if type(command) is Subscribe:
+            self._subscribe(conn, command)
+        elif type(command) is Unsubscribe:
+            self._unsubscribe(conn, command)
+        elif type(command) is Hello and self._hello is not None:
+            self._emit(conn, self._hello)
+        else:
+            self._fail(conn, _MALFORMED)
+
+    def _create(self, conn: Connection, name: str) -> Topic | None:
+        """Create topic ``name``, or answer ``conn`` why not."""
+        created = self._table.create(name)
+        if isinstance(created, bytes):
+            self._fail(conn, created)
+            return None
+        return created
+
+    def _subscribe(self, conn: Connection, command: Subscribe) -> None:
+        name = command.topic
+        topic = self._topics.get(name) or self._create(conn, name)
+        if topic is None:
+            return
+        self._table.subscribe(topic, conn)
+        self._emit(conn, SUCCESS)
+        if not command.cache or not topic.cache:
+            return
+        # The cached bytes objects themselves, never copies.
+        last_seen = command.last_seen
+        replay = [e for e in topic.cache if e.index > last_seen]
+        if not replay:
+            return
+        out = conn.out
+        if out is None:
+            conn.out = out = []
+            self._dirty.append(conn)
+        out.extend([e.data for e in replay])
+        self._deliveries += len(replay)
+        consumed = [e for e in replay if e.one]
+        if consumed:
+            # A replayed `one` message has found its consumer: drop it. The
+            # store forgets it only once it is written (at least once).
+            if self._journal is not None:
+                self._journal.consumed(conn.id, name, consumed)
+            self._table.consume(topic, consumed)
+
+    def _unsubscribe(self, conn: Connection, command: Unsubscribe) -> None:
+        topic = self._topics.get(command.topic)
+        if topic is not None:
+            self._table.unsubscribe(topic, conn)
+        elif self._table.name_too_long(command.topic):
+            self._fail(conn, _TOPIC_TOO_LONG)
+            return
+        self._emit(conn, SUCCESS)
+
+    def _refuse_send(self, conn: Connection, command: Send, line: bytes) -> None:
+        self._fail(conn, _STORAGE_UNAVAILABLE)
+
+    def _send(self, conn: Connection, command: Send, line: bytes) -> None:
+        name = command.topic
+        topic = self._topics.get(name) or self._create(conn, name)
+        if topic is None:
+            return
+        index = topic.next_index
+        topic.next_index = index + 1
+        # Validation rejected every unknown key, so the sender's own object
+        # plus its index is the delivered message: splice, don't re-encode.
+        # Unless it may hold a key twice (the decoder keeps the last, as the
+        # reference does, but the spliced line would pass both on): see
+        # _SPLICE_QUOTES.
+        # A send's last value is a string, number or boolean, so stripping
+        # JSON whitespace and "}" from the ends removes exactly the closing
+        # brace (and a trailing \r): one copy instead of strip() and a slice.
+        if line.count(b'"') < _SPLICE_QUOTES:
+            data = line.strip(b" \t\r}") + b', "index": %d}\r\n' % index
+        else:
+            data = delivery_bytes(line, index)
+        subscribers = topic.subscribers
+        table = self._table
+        cache = command.cache and table.cache_size > 0
+        journal = self._journal
+        if command.delivery == "all":
+            dirty = self._dirty
+            for subscriber in subscribers:
+                # _emit(), inlined: this loop runs once per delivery.
+                out = subscriber.out
+                if out is None:
+                    subscriber.out = [data]
+                    dirty.append(subscriber)
+                else:
+                    out.append(data)
+            self._deliveries += len(subscribers)
+        elif subscribers:
+            target = subscribers[self._pick(topic, len(subscribers))]
+            self._emit(target, data)
+            self._deliveries += 1
+            if cache and journal is not None:
+                # Not cached in memory, but stored as cached until its bytes
+                # are written to `target`.
+                journal.delivered_one(target.id, name, index, data)
+                topic.waiting = True
+            cache = False
+        if cache:
+            table.cache_append(topic, Entry(index, command.delivery == "one", data, name))
+            if table.cache_bytes > table.max_cache_bytes:
+                table.shrink()
+        elif not subscribers and not topic.cache:
+            # Nothing to keep: forget it (its index raises the floor).
+            table.forget(topic)
+        if journal is not None:
+            # take_output() turns this into the topic's records for the batch.
+            journal.sent(name, index)
+        self._sends += 1
+        self._emit(conn, SUCCESS)
+
+    def _pick(self, topic: Topic, n: int) -> int:
+        if self._choose is not None:
+            return self._choose(n)
+        topic.rr = (topic.rr + 1) % n
+        return topic.rr
+
+
+#: The reason of each failure reply, for counting failures by their bytes.
+REASONS: Final = {
+    error_reply(reason): reason
+    for reason in (
+        Reason.NOT_UTF8,
+        Reason.NOT_JSON,
+        Reason.MALFORMED,
+        Reason.LINE_TOO_LONG,
+        Reason.TOO_MANY_TOPICS,
+        Reason.TOPIC_TOO_LONG,
+        Reason.STORAGE_UNAVAILABLE,
+        Reason.INTERNAL_ERROR,
+    )
+}
