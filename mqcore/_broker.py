@@ -150,6 +150,7 @@ class Broker(Commands):
         self.max_topic_bytes: Final = max_topic_bytes
         self.max_cache_bytes: Final = max_cache_bytes
         self._choose = choose
+        self._caching = cache_size > 0
         self._durable = durable
         self._journal = Journal() if durable else None
         self._table = TopicTable(
@@ -168,9 +169,11 @@ class Broker(Commands):
         self._next_id = 0
         self._dirty: list[Connection] = []
         self._close: list[ConnectionId] = []
-        # Counters for monitoring: see stats().
+        # Counters for monitoring (see stats()), bumped once per read or
+        # per output, never per message: they cost nothing on the hot path.
+        self._lines = 0
         self._sends = 0
-        self._deliveries = 0
+        self._chunks = 0
         self._failures: dict[bytes, int] = {}
 
     # -- the transport's side -------------------------------------------------
@@ -216,6 +219,7 @@ class Broker(Commands):
             self._fail(conn, _LINE_TOO_LONG)
         decode = COMMAND_DECODER.decode
         send = self._send if self._storage_available else self._refuse_send
+        sends = 0
         for line in lines:
             # _line(), inlined: this loop runs once per command.
             if len(line) > limit:
@@ -226,25 +230,30 @@ class Broker(Commands):
             except Exception:
                 self._undecodable(conn, line)
                 if conn.closing:  # `quit`: ignore the rest
-                    return
+                    break
                 continue
             try:
                 # Most lines are sends: test for them first.
                 if type(command) is Send:
+                    sends += 1
                     send(conn, command, line)
                 else:
                     self._command(conn, command)
             except Exception:
                 self._fail(conn, _INTERNAL_ERROR)
-        if conn.keep(tail, limit):
+        self._lines += len(lines)
+        self._sends += sends
+        if not conn.closing and conn.keep(tail, limit):
             self._fail(conn, _LINE_TOO_LONG)
 
     def take_output(self) -> Output:
         """Return (and forget) everything produced since the last call."""
         writes: dict[ConnectionId, list[bytes]] = {}
         for conn in self._dirty:
-            if conn.out is not None:
-                writes[conn.id] = conn.out
+            out = conn.out
+            if out is not None:
+                writes[conn.id] = out
+                self._chunks += len(out)
                 conn.out = None
         self._dirty = []
         close = self._close
@@ -299,8 +308,9 @@ class Broker(Commands):
         """Counters and sizes as they are now: cheap, callable at any time."""
         table = self._table
         return BrokerStats(
+            lines=self._lines,
             sends=self._sends,
-            deliveries=self._deliveries,
+            chunks=self._chunks,
             failures={REASONS.get(k, "?"): n for k, n in self._failures.items()},
             connections=len(self._connections),
             topics=len(self._topics),

@@ -53,13 +53,13 @@ class Commands:
     """Carries out decoded commands; :class:`~mqcore.Broker` sets the state up."""
 
     _choose: Callable[[int], int] | None
+    #: cache_size > 0
+    _caching: bool
     _journal: Journal | None
     _table: TopicTable
     _topics: dict[str, Topic]
     _hello: bytes | None
     _dirty: list[Connection]
-    _sends: int
-    _deliveries: int
     _failures: dict[bytes, int]
 
     def _emit(self, conn: Connection, chunk: bytes) -> None:
@@ -111,7 +111,6 @@ class Commands:
             conn.out = out = []
             self._dirty.append(conn)
         out.extend([e.data for e in replay])
-        self._deliveries += len(replay)
         consumed = [e for e in replay if e.one]
         if consumed:
             # A replayed `one` message has found its consumer: drop it. The
@@ -134,9 +133,11 @@ class Commands:
 
     def _send(self, conn: Connection, command: Send, line: bytes) -> None:
         name = command.topic
-        topic = self._topics.get(name) or self._create(conn, name)
+        topic = self._topics.get(name)
         if topic is None:
-            return
+            topic = self._create(conn, name)
+            if topic is None:
+                return
         index = topic.next_index
         topic.next_index = index + 1
         # Validation rejected every unknown key, so the sender's own object
@@ -152,8 +153,7 @@ class Commands:
         else:
             data = delivery_bytes(line, index)
         subscribers = topic.subscribers
-        table = self._table
-        cache = command.cache and table.cache_size > 0
+        cache = command.cache and self._caching
         journal = self._journal
         if command.delivery == "all":
             dirty = self._dirty
@@ -165,11 +165,9 @@ class Commands:
                     dirty.append(subscriber)
                 else:
                     out.append(data)
-            self._deliveries += len(subscribers)
         elif subscribers:
             target = subscribers[self._pick(topic, len(subscribers))]
             self._emit(target, data)
-            self._deliveries += 1
             if cache and journal is not None:
                 # Not cached in memory, but stored as cached until its bytes
                 # are written to `target`.
@@ -177,16 +175,16 @@ class Commands:
                 topic.waiting = True
             cache = False
         if cache:
+            table = self._table
             table.cache_append(topic, Entry(index, command.delivery == "one", data, name))
             if table.cache_bytes > table.max_cache_bytes:
                 table.shrink()
         elif not subscribers and not topic.cache:
             # Nothing to keep: forget it (its index raises the floor).
-            table.forget(topic)
+            self._table.forget(topic)
         if journal is not None:
             # take_output() turns this into the topic's records for the batch.
             journal.sent(name, index)
-        self._sends += 1
         self._emit(conn, SUCCESS)
 
     def _pick(self, topic: Topic, n: int) -> int:

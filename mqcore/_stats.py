@@ -1,7 +1,7 @@
 """A snapshot of a broker's counters, for monitoring (``Broker.stats()``).
 
-The counters are plain integers the broker bumps as it works (once per send,
-not per delivery), so reading them costs nothing until asked.
+The counters are plain integers the broker bumps as it works (once per read or
+per output, never per message), so reading them costs nothing until asked.
 """
 
 from __future__ import annotations
@@ -15,10 +15,12 @@ __all__ = ["BrokerStats"]
 class BrokerStats:
     """Counters since the broker was made, and sizes as they are now."""
 
-    #: ``send`` commands carried out (acknowledged with success).
+    #: Complete lines received (blank ones and those after ``quit`` included).
+    lines: int
+    #: ``send`` commands received (refused ones included: see ``failures``).
     sends: int
-    #: Messages handed to subscribers: live deliveries plus replayed messages.
-    deliveries: int
+    #: Chunks handed to the transport: replies plus delivered or replayed messages.
+    chunks: int
     #: Failure replies, by reason (``Reason.*`` strings).
     failures: dict[str, int] = field(default_factory=dict)
     connections: int = 0

@@ -157,8 +157,9 @@ def test_stats_count_sends_deliveries_failures_and_sizes() -> None:
     h.send(b, sub("u"))  # replays the `one` message: consumed
     h.feed(p, b"nope\n\xff\n" + b"x" * 200 + b"\n")
     stats = h.broker.stats()
+    assert stats.lines == 1 + 1 + 3 + 1 + 3
     assert stats.sends == 3
-    assert stats.deliveries == 2 * 2 + 1
+    assert stats.chunks == 2 + 3 + 2 * 2 + 2 + 3  # replies, deliveries, the replay, failures
     assert stats.failures == {Reason.NOT_JSON: 1, Reason.NOT_UTF8: 1, Reason.LINE_TOO_LONG: 1}
     assert stats.connections == 3
     assert stats.topics == 2
