@@ -13,8 +13,11 @@ from mqcore import (
     CacheAdd,
     CacheRemove,
     CacheTrim,
+    ConnectionId,
+    DropTopic,
     MemoryStore,
     NextIndex,
+    Output,
     Reason,
     TopicState,
 )
@@ -587,14 +590,20 @@ def test_durable_eviction_for_the_byte_budget_is_recorded_for_untouched_topics()
     assert [json.loads(m)["index"] for m in broker.cached("a")] == [1]
 
 
-def test_byte_budget_eviction_keeps_a_one_message_awaiting_its_write_in_the_store() -> None:
-    broker = Broker(cache_size=100, max_cache_bytes=300, durable=True)
+def live_job(broker: Broker) -> tuple[MemoryStore, ConnectionId, ConnectionId, Output]:
+    """A `one` message sent to a subscriber of "jobs", its records stored, its bytes not written."""
     store = MemoryStore("e")
     w, p = broker.open_connection(), broker.open_connection()
     broker.receive_data(w, line(sub("jobs")))
     broker.receive_data(p, line(send("jobs", "job", "one")))
     out = broker.take_output()
     store.apply(out.records)
+    return store, w, p, out
+
+
+def test_byte_budget_eviction_keeps_a_one_message_awaiting_its_write_in_the_store() -> None:
+    broker = Broker(cache_size=100, max_cache_bytes=300, durable=True)
+    store, w, p, out = live_job(broker)
     # The job went out live, but its bytes are not written yet: its
     # consumption (after_write) is not stored, so a crash must redeliver it.
     assert out.after_write == {w: [CacheRemove("jobs", 0)]}
@@ -681,3 +690,16 @@ def test_delivery_has_the_senders_keys_whether_spliced_or_re_encoded(obj: Any) -
     h.send(p, obj)
     [msg] = h.take(a)
     assert msg == {**obj, "index": 0}
+
+
+def test_a_forgotten_topic_with_a_one_message_awaiting_its_write_keeps_it_in_the_store() -> None:
+    broker = Broker(durable=True)
+    store, w, _, out = live_job(broker)
+    broker.receive_data(w, line(unsub("jobs")))  # forgotten before the job's bytes are written
+    records = broker.take_output().records
+    assert not [r for r in records if isinstance(r, DropTopic)]
+    store.apply(records)
+    [jobs] = store.load().topics
+    assert [index for index, _, _ in jobs.cache] == [0]  # a crash now redelivers it
+    store.apply(out.after_write[w])
+    assert store.load().topics[0].cache == []

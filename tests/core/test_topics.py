@@ -150,24 +150,6 @@ def test_durable_forgetting_emits_drop_topic_and_the_store_keeps_the_floor() -> 
     assert restarted.next_index("other") == 1
 
 
-def test_a_forgotten_topic_with_a_one_message_awaiting_its_write_keeps_it_in_the_store() -> None:
-    broker = Broker(durable=True)
-    store = MemoryStore("e")
-    w, p = broker.open_connection(), broker.open_connection()
-    broker.receive_data(w, line(sub("jobs")))
-    broker.receive_data(p, line(send("jobs", "j", "one")))
-    out = broker.take_output()
-    store.apply(out.records)
-    broker.receive_data(w, line(unsub("jobs")))  # forgotten before the job's bytes are written
-    records = broker.take_output().records
-    assert not [r for r in records if isinstance(r, DropTopic)]
-    store.apply(records)
-    [jobs] = store.load().topics
-    assert [index for index, _, _ in jobs.cache] == [0]  # a crash now redelivers it
-    store.apply(out.after_write[w])
-    assert store.load().topics[0].cache == []
-
-
 def test_a_topic_forgotten_and_made_again_in_one_batch_gets_consistent_records() -> None:
     broker = Broker(durable=True, cache_size=0)
     store = MemoryStore("e")
