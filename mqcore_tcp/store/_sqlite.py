@@ -52,11 +52,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Final, Literal, get_args
 
-from mqcore import CacheAdd, NextIndex, Record, Snapshot, StoreError, StoreUnavailable, TopicState
+from mqcore import CacheAdd, NextIndex, Record, Snapshot, StoreError, StoreUnavailable
 
 from . import _salvage
-from ._format import checksum, parse_message, split_chunk, topic_checksum
-from ._planner import Mirror, TopicMirror, WritePlan, plan
+from ._format import checksum, parse_message, split_chunk
+from ._load import read_store
+from ._planner import Mirror, WritePlan, plan
 from ._sql import (
     APPLICATION_ID,
     INSERT_CHUNK,
@@ -289,66 +290,20 @@ class SQLiteStore:
             raise StoreError(f"cannot read store {self.path}: {exc}") from None
 
     def _load(self, conn: sqlite3.Connection) -> Snapshot:
-        mirror = Mirror()
-        mirror.index_floor = self._mirror.index_floor
-        names: dict[int, str] = {}
-        bad_topics: list[int] = []
-        states: dict[str, TopicState] = {}
-        query = "SELECT id, CAST(name AS BLOB), next_index, floor, crc FROM topics"
-        for topic_id, raw, next_index, floor, crc in conn.execute(query):
-            name = _topic_name(raw, next_index, floor, crc)
-            if name is None:
-                bad_topics.append(topic_id)
-                continue
-            names[topic_id] = name
-            mirror.topics[name] = TopicMirror(topic_id, next_index, floor)
-            states[name] = TopicState(name, next_index, [])
-        # Later chunks win: a message stored again (after a restart) replaces its copy.
-        found: dict[str, dict[int, tuple[int, CacheAdd]]] = {}
-        dropped = 0
-        seqs: list[int] = []
-        for seq, topic_id, chunk, crc in conn.execute(
-            "SELECT seq, topic, data, crc FROM cache ORDER BY seq"
-        ):
-            seqs.append(seq)
-            name = names.get(topic_id)
-            messages = split_chunk(chunk)
-            if name is None or not messages or (crc is not None and crc != checksum(chunk)):
-                dropped += len(messages) or 1
-                continue
-            floor = mirror.topics[name].floor
-            for data in messages:
-                stored = parse_message(data)
-                if stored is None or stored.topic != name:
-                    dropped += 1
-                elif stored.index >= floor:
-                    add = CacheAdd(name, stored.index, stored.delivery, data)
-                    found.setdefault(name, {})[stored.index] = (seq, add)
-        for name, by_index in found.items():
-            topic = mirror.topics[name]
-            cache = states[name].cache
-            for index in sorted(by_index):
-                seq, add = by_index[index]
-                topic.add(index, seq)
-                mirror.live[seq] = mirror.live.get(seq, 0) + 1
-                cache.append((index, add.delivery, add.data))
-        mirror.next_seq = 1 + max(seqs, default=0)
-        mirror.next_id = 1 + max([*names, *bad_topics], default=0)
-        self._mirror = mirror
+        found = read_store(conn, self._mirror.index_floor)
+        self._mirror = found.mirror
         # Chunks with nothing live (damaged, or all below a floor), and damaged topics: reclaim.
-        dead = [seq for seq in seqs if seq not in mirror.live]
-        if dead or bad_topics:
+        if found.dead_chunks or found.bad_topics:
             conn.execute("BEGIN IMMEDIATE")
-            delete_chunks(conn, dead)
-            if bad_topics:
-                execute_rows(conn, "DELETE FROM topics WHERE id IN ({})", "?", list(bad_topics))
+            delete_chunks(conn, found.dead_chunks)
+            execute_rows(conn, "DELETE FROM topics WHERE id IN ({})", "?", [*found.bad_topics])
             conn.execute("COMMIT")
-        if dropped or bad_topics:
+        if found.dropped or found.bad_topics:
             self._lost(
-                f"dropped {dropped} stored message(s) and {len(bad_topics)} topic(s) that were "
-                "not intact (bad checksum, UTF-8 or JSON)"
+                f"dropped {found.dropped} stored message(s) and {len(found.bad_topics)} topic(s) "
+                "that were not intact (bad checksum, UTF-8 or JSON)"
             )
-        return Snapshot(self._epoch, list(states.values()), mirror.index_floor)
+        return Snapshot(self._epoch, found.topics, found.mirror.index_floor)
 
     def apply(self, records: Sequence[Record]) -> None:
         """Store ``records`` in one transaction (see :mod:`._planner` for what is written).
@@ -499,16 +454,3 @@ def _count(value: object) -> int:
     """A count kept in ``meta`` (text), or 0 if missing (an old schema) or not a count."""
     text = str(value)
     return int(text) if text.isdigit() else 0
-
-
-def _topic_name(raw: object, next_index: object, floor: object, crc: object) -> str | None:
-    """A topic row's name if the row is intact (UTF-8, integers, checksum), else None."""
-    if not isinstance(raw, bytes) or not isinstance(next_index, int) or not isinstance(floor, int):
-        return None
-    try:
-        name = raw.decode()
-    except UnicodeDecodeError:
-        return None
-    if crc is not None and crc != topic_checksum(name, next_index, floor):
-        return None
-    return name
