@@ -18,6 +18,7 @@ content only, and get a checksum when they are next written).
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections.abc import Iterator
 from typing import Final
@@ -31,6 +32,7 @@ __all__ = [
     "is_transient",
     "migrate",
     "read_rows",
+    "transaction",
 ]
 
 #: Written into the file header so that a foreign SQLite file is never taken for ours.
@@ -67,6 +69,19 @@ UPSERT_TOPIC: Final = (
 SET_META: Final = "INSERT OR REPLACE INTO meta VALUES (?, ?)"
 
 
+@contextlib.contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """Run the block in one write transaction: committed if it returns, else rolled back."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
 def _run_script(conn: sqlite3.Connection, script: str) -> None:
     for statement in script.split(";"):
         if statement.strip():
@@ -75,34 +90,22 @@ def _run_script(conn: sqlite3.Connection, script: str) -> None:
 
 def create_schema(conn: sqlite3.Connection, epoch: str) -> None:
     """Create the tables of a new store with epoch ``epoch``, in one transaction."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with transaction(conn):
         _run_script(conn, _SCHEMA)
         conn.executemany(SET_META, [("epoch", epoch), ("commits", "0"), ("index_floor", "0")])
         conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
 
 
 def migrate(conn: sqlite3.Connection, version: int) -> None:
     """Bring a store of schema ``version`` (< :data:`SCHEMA_VERSION`) up to date."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with transaction(conn):
         if version < 2:
             _run_script(conn, _MIGRATE_FROM_1)
             conn.executemany(
                 "INSERT OR IGNORE INTO meta VALUES (?, ?)", [("commits", "0"), ("index_floor", "0")]
             )
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
 
 
 # Primary result codes (the low byte of an extended code) of a write that may

@@ -68,6 +68,7 @@ from ._sql import (
     execute_rows,
     is_transient,
     migrate,
+    transaction,
 )
 from ._state_file import StateFile
 
@@ -294,10 +295,9 @@ class SQLiteStore:
         self._mirror = found.mirror
         # Chunks with nothing live (damaged, or all below a floor), and damaged topics: reclaim.
         if found.dead_chunks or found.bad_topics:
-            conn.execute("BEGIN IMMEDIATE")
-            delete_chunks(conn, found.dead_chunks)
-            execute_rows(conn, "DELETE FROM topics WHERE id IN ({})", "?", [*found.bad_topics])
-            conn.execute("COMMIT")
+            with transaction(conn):
+                delete_chunks(conn, found.dead_chunks)
+                execute_rows(conn, "DELETE FROM topics WHERE id IN ({})", "?", [*found.bad_topics])
         if found.dropped or found.bad_topics:
             self._lost(
                 f"dropped {found.dropped} stored message(s) and {len(found.bad_topics)} topic(s) "
@@ -324,14 +324,8 @@ class SQLiteStore:
         commits = self._commits + 1
         conn = self._conn
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with transaction(conn):
                 self._write(conn, writes, commits)
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
         except sqlite3.Error as exc:
             try:
                 rolled_back = not conn.in_transaction

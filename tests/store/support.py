@@ -68,3 +68,19 @@ def chunks(store: SQLiteStore) -> list[list[int]]:
     # Through the store's own connection: it holds the file locked.
     rows = store._conn.execute("SELECT data FROM cache ORDER BY seq").fetchall()
     return [[json.loads(m)["index"] for m in data.split(b"\r\n")[:-1]] for (data,) in rows]
+
+
+class CountingIndex(int):
+    """A message index that counts how often it is compared for equality.
+
+    The structural check for linear confirmations: removing from a list one
+    index at a time compares each index with the ones before it.
+    """
+
+    comparisons = 0
+
+    def __eq__(self, other: object) -> bool:
+        CountingIndex.comparisons += 1
+        return int(self) == other
+
+    __hash__ = int.__hash__

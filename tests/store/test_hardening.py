@@ -33,7 +33,7 @@ from mqcore import (
 from mqcore_tcp import SQLiteStore
 from mqcore_tcp.store import STORE_FILE
 
-from .support import fill, wire
+from .support import CountingIndex, fill, wire
 
 STATE_FILE = "mqcore.state"
 
@@ -138,18 +138,6 @@ def test_any_other_failure_is_a_one_line_store_error(data_dir: Path) -> None:
 
 
 # -- item 4: confirming many `one` messages is linear ---------------------------------
-
-
-class CountingIndex(int):
-    """An index that counts how often the store compares it for equality."""
-
-    comparisons = 0
-
-    def __eq__(self, other: object) -> bool:
-        CountingIndex.comparisons += 1
-        return int(self) == other
-
-    __hash__ = int.__hash__
 
 
 def test_confirming_one_messages_compares_each_index_o1_times(data_dir: Path) -> None:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from mqcore import CacheAdd, CacheRemove, CacheTrim, DropTopic, NextIndex, Record
 from mqcore_tcp.store._planner import Mirror, WritePlan, plan
 
-from .support import wire
+from .support import CountingIndex, wire
 
 
 def add(topic: str, index: int, delivery: str = "all") -> CacheAdd:
@@ -121,18 +121,6 @@ def test_many_one_confirmations_are_linear() -> None:
     assert len(writes.deleted_chunks) == n // 10_000
     assert mirror.live == {}
     assert mirror.topics["jobs"].indices == []
-
-
-class CountingIndex(int):
-    """An index that counts how often it is compared for equality."""
-
-    comparisons = 0
-
-    def __eq__(self, other: object) -> bool:
-        CountingIndex.comparisons += 1
-        return int(self) == other
-
-    __hash__ = int.__hash__
 
 
 def test_confirming_one_at_a_time_costs_o1_per_confirmation() -> None:
