@@ -1,64 +1,105 @@
-"""``python -m mqcore_client send|subscribe ...``: the command-line client.
+"""The command-line client: ``mqcore send|subscribe ...`` (also ``python -m mqcore_client``).
 
 Exit status: 0 success; 1 the server refused a command (or another client
 error); 2 bad usage; 3 could not connect, or the connection was lost; 4 a
 timeout; 130 interrupted (Ctrl-C). Errors are one line on stderr.
+
+Where the server is: ``--url`` (``mqcore://host:port``, ``unix:///path`` or
+``host:port``), else ``--host``/``--port`` (``--host`` may be ``host:port``),
+else the ``MQCORE_URL`` environment variable, else 127.0.0.1:7000. These
+global options go before or after the command: each is defined on the main
+parser and again on every command's parser with no default (``SUPPRESS``),
+so a value given after the command overrides one given before, and one
+given before survives.
+
+Ctrl-C: the command runs beside a task that receives SIGINT and cancels it,
+so an interrupted run unwinds as a cancellation (closing the connection) and
+exits 130 without a traceback on every Python version (on 3.10, letting
+KeyboardInterrupt through asyncio printed a ``CancelledError`` traceback).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
-from collections.abc import AsyncIterator, Sequence
-from typing import Final, get_args
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, Final, get_args
 
 import anyio
 import anyio.to_thread
 import msgspec
 
-from mqcore import Delivery
+from mqcore import Delivery, __version__
 
-from ._async import DEFAULT_HOST, DEFAULT_PORT, connect
+from ._connect import connect
 from ._errors import ConnectionLostError, MQError, MQTimeoutError
+from ._url import DEFAULT_HOST, DEFAULT_PORT, Address, parse_url
 
 __all__ = ["main"]
 
 PROG: Final = "python -m mqcore_client"
+ENV_URL: Final = "MQCORE_URL"
 EXIT_ERROR: Final = 1
 EXIT_CONNECTION: Final = 3
 EXIT_TIMEOUT: Final = 4
 EXIT_INTERRUPTED: Final = 130
+#: Escapes that keep every printed message on one line (and the escaping reversible).
+_ESCAPES: Final = str.maketrans({"\\": "\\\\", "\n": "\\n", "\r": "\\r"})
 
 
-def _parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--host", default=DEFAULT_HOST, help="server address (default: %(default)s)"
+def _global_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
+    """The options every command takes; without ``defaults`` they keep the main parser's."""
+
+    def default(value: object) -> object:
+        return value if defaults else argparse.SUPPRESS
+
+    where = parser.add_argument_group("server")
+    where.add_argument(
+        "--url",
+        default=default(None),
+        help=f"mqcore://HOST:PORT, unix:///PATH or HOST:PORT (default: ${ENV_URL}, "
+        f"else {DEFAULT_HOST}:{DEFAULT_PORT})",
     )
-    common.add_argument(
-        "--port", type=int, default=DEFAULT_PORT, help="server port (default: %(default)s)"
+    where.add_argument(
+        "--host", default=default(None), help="server host, or HOST:PORT (instead of --url)"
     )
-    common.add_argument(
+    where.add_argument("--port", type=_port, default=default(None), help="server port")
+    where.add_argument(
         "--connect-timeout",
-        type=float,
-        default=5.0,
+        type=_seconds,
+        default=default(5.0),
         metavar="SECONDS",
-        help="give up connecting after SECONDS (default: %(default)s)",
+        help="give up connecting after SECONDS (default: 5)",
     )
+    where.add_argument(
+        "--request-timeout",
+        type=_seconds,
+        default=default(10.0),
+        metavar="SECONDS",
+        help="give up (exit 4) when the server does not answer within SECONDS; "
+        "0 waits forever (default: 10)",
+    )
+
+
+def _parser(prog: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=PROG,
+        prog=prog,
         description="Send and receive messages through an mqcore (or aiomemq) server.",
         epilog="Exit status: 0 ok, 1 refused by the server, 2 bad usage, "
         "3 connection failed or lost, 4 timeout, 130 interrupted.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    _global_options(parser, defaults=True)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     send = commands.add_parser(
         "send",
-        parents=[common],
         help="send a message",
         description="Send MESSAGE to TOPIC; with '-', send each non-empty line of stdin.",
     )
+    _global_options(send, defaults=False)
     send.add_argument("topic", metavar="TOPIC")
     send.add_argument("message", metavar="MESSAGE", help="the message, or '-' to read stdin")
     send.add_argument(
@@ -75,10 +116,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     subscribe = commands.add_parser(
         "subscribe",
-        parents=[common],
         help="print the messages of a topic",
-        description="Print TOPIC's messages, one per line, until --count messages or Ctrl-C.",
+        description="Print TOPIC's messages, one per line, until --count messages or Ctrl-C. "
+        "Without --json, a backslash, newline or carriage return in a message is printed "
+        "as \\\\, \\n or \\r, so each message stays on one line.",
     )
+    _global_options(subscribe, defaults=False)
     subscribe.add_argument("topic", metavar="TOPIC")
     subscribe.add_argument(
         "--last-seen",
@@ -91,19 +134,33 @@ def _parser() -> argparse.ArgumentParser:
         "--no-cache", dest="cache", action="store_false", help="do not replay cached messages"
     )
     subscribe.add_argument(
-        "--count", type=int, default=None, metavar="N", help="exit after N messages"
+        "--count",
+        type=int,
+        default=None,
+        metavar="N",
+        help="exit after N messages. Careful with a topic of 'one' (work queue) messages: "
+        "the server hands this client every queued job at once and forgets them, so jobs "
+        "past the N-th are consumed but not printed (lost)",
     )
-    subscribe.add_argument(
+    idle = subscribe.add_mutually_exclusive_group()
+    idle.add_argument(
         "--timeout",
-        type=float,
+        type=_seconds,
         default=None,
         metavar="SECONDS",
         help="exit with status 4 after SECONDS without a message",
     )
+    idle.add_argument(
+        "--until-idle",
+        type=_seconds,
+        default=None,
+        metavar="SECONDS",
+        help="print what is there, then exit 0 once SECONDS pass without a message",
+    )
     subscribe.add_argument(
         "--json",
         action="store_true",
-        help="print each message as a JSON object (topic, msg, delivery, index)",
+        help="print each message as a JSON object (topic, msg, delivery, index), unescaped",
     )
     subscribe.add_argument(
         "--reconnect",
@@ -111,6 +168,47 @@ def _parser() -> argparse.ArgumentParser:
         help="reconnect when the connection drops, resuming after the last message",
     )
     return parser
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"not a port number (1 to 65535): {text!r}")
+    return int(text)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:  # Also NaN.
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}")
+    return value
+
+
+def _address(args: argparse.Namespace) -> Address:
+    """Where the server is (see the module docstring); raise ValueError if it cannot be read."""
+    if args.url is not None:
+        return parse_url(args.url)
+    if args.host is not None or args.port is not None:
+        base = parse_url(args.host) if args.host is not None else Address()
+        if args.port is None or base.path is not None:
+            return base
+        return Address(host=base.host, port=args.port)
+    env = os.environ.get(ENV_URL, "")
+    if env.strip():
+        try:
+            return parse_url(env)
+        except ValueError as exc:
+            raise ValueError(f"${ENV_URL}: {exc}") from None
+    return Address()
+
+
+def _connect_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "connect_timeout": args.connect_timeout,
+        "timeout": args.request_timeout or None,
+    }
 
 
 async def _stdin_lines() -> AsyncIterator[str]:
@@ -131,8 +229,8 @@ async def _stdin_lines() -> AsyncIterator[str]:
         yield tail.rstrip(b"\r").decode()
 
 
-async def _send(args: argparse.Namespace) -> None:
-    async with connect(args.host, args.port, connect_timeout=args.connect_timeout) as client:
+async def _send(args: argparse.Namespace, address: Address) -> None:
+    async with connect(address.url, **_connect_options(args)) as client:
         if args.message != "-":
             await client.send(args.topic, args.message, args.delivery, args.cache)
             return
@@ -142,50 +240,97 @@ async def _send(args: argparse.Namespace) -> None:
         await client.flush()
 
 
-async def _subscribe(args: argparse.Namespace) -> None:
+async def _subscribe(args: argparse.Namespace, address: Address) -> None:
     out = sys.stdout
+    idle = args.timeout if args.until_idle is None else args.until_idle
     async with (
-        connect(
-            args.host, args.port, connect_timeout=args.connect_timeout, reconnect=args.reconnect
-        ) as client,
+        connect(address.url, reconnect=args.reconnect, **_connect_options(args)) as client,
         client.subscribe(args.topic, args.last_seen, args.cache) as sub,
     ):
         received = 0
         while args.count is None or received < args.count:
-            try:
-                with anyio.fail_after(args.timeout):
-                    message = await sub.__anext__()
-            except TimeoutError:
-                raise MQTimeoutError(f"no message within {args.timeout} s") from None
-            out.write(msgspec.json.encode(message).decode() if args.json else message.msg)
+            with anyio.move_on_after(idle) as waited:
+                message = await sub.__anext__()
+            if waited.cancelled_caught:
+                if args.until_idle is not None:
+                    return
+                raise MQTimeoutError(f"no message within {args.timeout} s")
+            if args.json:
+                out.write(msgspec.json.encode(message).decode())
+            else:
+                out.write(message.msg.translate(_ESCAPES))
             out.write("\n")
             out.flush()
             received += 1
 
 
+async def _interruptible(
+    command: Callable[[argparse.Namespace, Address], Awaitable[None]],
+    args: argparse.Namespace,
+    address: Address,
+) -> bool:
+    """Run ``command``; return True if SIGINT cancelled it. Errors are raised as they are."""
+    interrupted = False
+    error: BaseException | None = None
+    async with anyio.create_task_group() as tg:
+
+        async def on_sigint() -> None:
+            nonlocal interrupted
+            with anyio.open_signal_receiver(signal.SIGINT) as signals:
+                async for _ in signals:
+                    interrupted = True
+                    tg.cancel_scope.cancel()
+                    return
+
+        # Signal handlers can only be installed from the main thread.
+        if threading.current_thread() is threading.main_thread():
+            tg.start_soon(on_sigint)
+        try:
+            await command(args, address)
+        except Exception as exc:
+            error = exc  # Raised outside the task group, which would wrap it.
+        tg.cancel_scope.cancel()
+    if error is not None:
+        raise error
+    return interrupted
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; return the exit status."""
-    args = _parser().parse_args(argv)
+    """Run the command line (``argv``: the arguments, default ``sys.argv[1:]``); return the exit
+    status. This is the ``mqcore`` command's entry point."""
+    prog = PROG
+    if argv is None:
+        name = os.path.basename(sys.argv[0]) if sys.argv else ""
+        if name and not name.endswith(".py") and name not in ("-c", "-m"):
+            prog = name  # Run as an installed command, e.g. `mqcore`.
+    parser = _parser(prog)
+    args = parser.parse_args(argv)
     if args.command == "subscribe" and args.count is not None and args.count < 1:
-        _parser().error("--count must be at least 1")
+        parser.error("--count must be at least 1")
     try:
-        anyio.run(_send if args.command == "send" else _subscribe, args)
+        address = _address(args)
+    except ValueError as exc:
+        parser.error(str(exc))
+    command = _send if args.command == "send" else _subscribe
+    try:
+        if anyio.run(_interruptible, command, args, address):
+            return EXIT_INTERRUPTED
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except MQTimeoutError as exc:
-        return _fail(exc, EXIT_TIMEOUT)
+        return _fail(prog, exc, EXIT_TIMEOUT)
     except ConnectionLostError as exc:
-        return _fail(exc, EXIT_CONNECTION)
+        return _fail(prog, exc, EXIT_CONNECTION)
     except MQError as exc:
-        return _fail(exc, EXIT_ERROR)
+        return _fail(prog, exc, EXIT_ERROR)
     except UnicodeDecodeError:
-        return _fail("stdin is not UTF-8", EXIT_ERROR)
+        return _fail(prog, "stdin is not UTF-8", EXIT_ERROR)
     except BrokenPipeError:
         # The reader of our output went away (`| head`): not an error of ours.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 
-def _fail(error: object, status: int) -> int:
-    print(f"{PROG}: error: {error}", file=sys.stderr)
+def _fail(prog: str, error: object, status: int) -> int:
+    print(f"{prog}: error: {error}", file=sys.stderr)
     return status

@@ -46,7 +46,7 @@ class ConnectError(ConnectionLostError):
 
 
 class MQTimeoutError(MQError, TimeoutError):
-    """An operation did not complete in time (connecting, waiting while offline, ``get``)."""
+    """The server did not answer in time (connecting, a reply, a flush, room to write, ``get``)."""
 
 
 class ProtocolError(ConnectionLostError):

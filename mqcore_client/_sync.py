@@ -17,8 +17,12 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from mqcore import Delivery, HelloReply
 
-from ._async import DEFAULT_HOST, DEFAULT_PORT, Client, Received, Subscription, connect
+from ._client import Client
+from ._connect import connect
 from ._errors import MQError, MQTimeoutError
+from ._protocol import Received
+from ._subscription import Subscription
+from ._url import DEFAULT_HOST
 
 __all__ = ["SyncClient", "SyncSubscription"]
 
@@ -47,12 +51,13 @@ class _ExitsOnce:
 class SyncClient(_ExitsOnce):
     """A blocking client for scripts and REPLs: ``with SyncClient(host, port) as client:``.
 
-    Takes the same keyword options as :func:`mqcore_client.connect`
-    (``connect_timeout``, ``reconnect``, ``offline_timeout``, ...) and raises
-    the same errors. It is safe to use from several threads.
+    ``host`` may be a URL. Takes the same keyword options as
+    :func:`mqcore_client.connect` (``connect_timeout``, ``timeout``,
+    ``reconnect``, ``offline_timeout``, ...) and raises the same errors. It is
+    safe to use from several threads.
     """
 
-    def __init__(self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, **options: Any) -> None:
+    def __init__(self, host: str = DEFAULT_HOST, port: int | None = None, **options: Any) -> None:
         self.host = host
         self.port = port
         self._options = options
@@ -113,6 +118,7 @@ class SyncClient(_ExitsOnce):
         epoch: str | None = None,
         timeout: float | None = None,
         max_queued: int | None = None,
+        max_queued_bytes: int | None = None,
     ) -> SyncSubscription:
         """Return a subscription: ``with client.subscribe(topic) as sub: for msg in sub:``.
 
@@ -121,7 +127,14 @@ class SyncClient(_ExitsOnce):
         :meth:`mqcore_client.Client.subscribe`.
         """
         client = self._async()
-        sub = client.subscribe(topic, last_seen, cache, epoch=epoch, max_queued=max_queued)
+        sub = client.subscribe(
+            topic,
+            last_seen,
+            cache,
+            epoch=epoch,
+            max_queued=max_queued,
+            max_queued_bytes=max_queued_bytes,
+        )
         return SyncSubscription(self._portal_or_raise(), sub, timeout)
 
     def _async(self) -> Client:

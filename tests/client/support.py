@@ -129,3 +129,35 @@ async def scripted(answers: Sequence[bytes]) -> AsyncIterator[int]:
         tg.start_soon(listener.serve, handle)
         yield listener.extra(SocketAttribute.local_port)
         tg.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def unix_forwarder(path: str, target_port: int) -> AsyncIterator[None]:
+    """Listen on the Unix socket ``path``, forwarding each connection to TCP ``target_port``.
+
+    Lets the client's ``unix://`` transport be tested against the TCP server
+    in-process, whatever the server's own listeners.
+    """
+
+    async def pump(source: anyio.abc.ByteStream, sink: anyio.abc.ByteStream) -> None:
+        try:
+            async for chunk in source:
+                await sink.send(chunk)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            pass
+
+    async def handle(client: anyio.abc.ByteStream) -> None:
+        async with (
+            client,
+            await anyio.connect_tcp("127.0.0.1", target_port) as server,
+            anyio.create_task_group() as tg,
+        ):
+            tg.start_soon(pump, client, server)
+            await pump(server, client)
+            tg.cancel_scope.cancel()
+
+    listener = await anyio.create_unix_listener(path)
+    async with listener, anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, handle)
+        yield
+        tg.cancel_scope.cancel()

@@ -47,6 +47,13 @@ def test_send_subscribe_and_iterate_until_idle(port: int) -> None:
     assert got == [("cached", 0), ("live", 1)]
 
 
+def test_a_url_and_a_request_timeout(port: int) -> None:
+    with SyncClient(f"mqcore://127.0.0.1:{port}", timeout=5) as client:
+        client.send("t", "by url")
+        with client.subscribe("t") as sub:
+            assert sub.get(timeout=5).msg == "by url"
+
+
 def test_get_times_out_then_returns_the_next_message(port: int) -> None:
     with SyncClient(port=port) as client:
         with client.subscribe("t") as sub:

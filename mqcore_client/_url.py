@@ -1,0 +1,90 @@
+"""Server addresses: ``mqcore://host:port``, ``unix:///path/to.sock``, or ``host:port``.
+
+One parser for the library (:func:`mqcore_client.connect`) and the command
+line (``--url``, ``MQCORE_URL``), so both accept the same spellings:
+
+- ``mqcore://HOST[:PORT]``: TCP (the port defaults to 7000); an IPv6 host
+  goes in brackets, ``mqcore://[::1]:7000``;
+- ``unix:///PATH`` (or ``unix:PATH``): a Unix-domain socket;
+- ``HOST:PORT``, ``HOST`` or ``:PORT``: TCP, a shorthand without a scheme.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from dataclasses import dataclass
+from typing import Final
+
+__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "Address", "parse_url"]
+
+DEFAULT_HOST: Final = "127.0.0.1"
+DEFAULT_PORT: Final = 7000
+
+
+@dataclass(frozen=True)
+class Address:
+    """Where a server listens: a TCP ``host`` and ``port``, or a Unix socket ``path``."""
+
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    path: str | None = None
+
+    @property
+    def url(self) -> str:
+        """The address as a URL that :func:`parse_url` reads back."""
+        if self.path is not None:
+            return f"unix://{self.path}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"mqcore://{host}:{self.port}"
+
+    def __str__(self) -> str:
+        if self.path is not None:
+            return self.path
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+def parse_url(url: str) -> Address:
+    """Read a server address; raise :class:`ValueError` saying what is wrong with it."""
+    text = url.strip()
+    if not text:
+        raise ValueError("empty server address")
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        if text.startswith("unix:"):
+            return _unix(text.removeprefix("unix:"), url)
+        return _tcp(text, url)
+    scheme = scheme.lower()
+    if scheme == "unix":
+        return _unix(rest, url)
+    if scheme in ("mqcore", "tcp"):
+        if "/" in rest.rstrip("/") or "?" in rest or "#" in rest:
+            raise ValueError(f"{url!r}: an mqcore:// address has no path")
+        return _tcp(rest.rstrip("/"), url)
+    raise ValueError(f"{url!r}: unknown scheme {scheme!r} (use mqcore:// or unix://)")
+
+
+def _unix(path: str, url: str) -> Address:
+    path = urllib.parse.unquote(path)
+    if not path:
+        raise ValueError(f"{url!r}: a unix:// address needs a path")
+    return Address(path=path)
+
+
+def _tcp(hostport: str, url: str) -> Address:
+    if hostport.startswith("["):
+        host, bracket, after = hostport[1:].partition("]")
+        if not bracket or (after and not after.startswith(":")):
+            raise ValueError(f"{url!r}: bad IPv6 address")
+        port_text = after[1:] if after else ""
+    elif hostport.count(":") > 1:
+        raise ValueError(f"{url!r}: put an IPv6 address in brackets, e.g. [::1]:7000")
+    else:
+        host, _, port_text = hostport.partition(":")
+    if not port_text:
+        port = DEFAULT_PORT
+    elif not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"{url!r}: the port must be a number from 1 to 65535")
+    else:
+        port = int(port_text)
+    return Address(host=host or DEFAULT_HOST, port=port)
