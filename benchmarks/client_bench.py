@@ -7,26 +7,30 @@ with pre-encoded lines (the ceiling; the ratio is the client's cost):
 awaited ``send`` round trips, pipelined ``publish`` + ``flush``, and
 consuming a subscription that a raw producer feeds.
 
-    python benchmarks/client_bench.py [-n 100000] [--size 100] [--in-process]
+    python benchmarks/client_bench.py [-n 100000] [--size 100] [--in-process] [--port SPEC]
 """
 
 from __future__ import annotations
 
 import argparse
-import re
-import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
+from pathlib import Path
 
 import anyio
 import anyio.abc
 import msgspec
 
+if __package__ in (None, ""):  # run as `python benchmarks/client_bench.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 import mqcore_client
 import mqcore_tcp
+from benchmarks.common import add_port_option
 from mqcore import Send, Subscribe
+from mqcore_tcp.testing import running
 
 HOST = "127.0.0.1"
 #: Lines a raw producer writes at once.
@@ -144,27 +148,10 @@ async def run_in_process(n: int, size: int) -> list[tuple[str, int, float, float
     return rows
 
 
-def run_subprocess(n: int, size: int) -> list[tuple[str, int, float, float]]:
-    """Start ``python -m mqcore_tcp`` on a free port, then run every benchmark against it."""
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mqcore_tcp", "--host", HOST, "--port", "0"],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert server.stderr is not None
-        # The server logs its bound port once it listens.
-        for text in server.stderr:
-            found = re.search(r"listening on \S+:(\d+)", text)
-            if found:
-                port = int(found.group(1))
-                break
-        else:
-            raise SystemExit("the server exited before listening")
-        return anyio.run(run, port, n, size)
-    finally:
-        server.terminate()
-        server.wait()
+def run_subprocess(port: int, n: int, size: int) -> list[tuple[str, int, float, float]]:
+    """Start ``python -m mqcore_tcp`` on ``port`` (0: a free one), then run every benchmark."""
+    with running("--host", HOST, port=port) as server:
+        return anyio.run(run, server.port, n, size)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -177,11 +164,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--in-process", action="store_true", help="run the server in the benchmark's event loop"
     )
+    add_port_option(parser)
     args = parser.parse_args(argv)
     rows = (
         anyio.run(run_in_process, args.n, args.size)
         if args.in_process
-        else run_subprocess(args.n, args.size)
+        else run_subprocess(next(args.port), args.n, args.size)
     )
     where = "in-process" if args.in_process else "subprocess"
     print(f"mqcore_client, {args.size}-byte messages, server: {where}")

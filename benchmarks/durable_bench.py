@@ -7,9 +7,9 @@
     python -m benchmarks.durable_bench --skip-disk        # throughput only
     python -m benchmarks.durable_bench --fsync always     # the strictest setting
 
-Throughput: starts ``python -m mqcore_tcp`` (a subprocess on a free loopback
-port) in memory and with ``--data-dir`` (default ``--fsync``), alternately,
-``--rounds`` times each, and drives each with
+Throughput: starts ``python -m mqcore_tcp`` (a subprocess on a loopback
+port: any free one, or see ``--port``) in memory and with ``--data-dir``
+(default ``--fsync``), alternately, ``--rounds`` times each, and drives each with
 ``mqload throughput --proto aiomemq --port P --subs 1``. It prints every run
 and the ratio of the medians, durable / in-memory (the aim: at least 0.5).
 
@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -38,53 +37,23 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from benchmarks.common import MqloadNotFoundError, add_port_option, find_mqload
+from mqcore_tcp.testing import ServerProcess, running
+
 __all__ = ["main"]
-
-DEFAULT_MQLOAD = Path("/tmp/mqload/release/mqload")
-
-
-class Server:
-    """A ``python -m mqcore_tcp`` subprocess and the port it reported in its log."""
-
-    def __init__(self, process: subprocess.Popen[bytes], port: int) -> None:
-        self.process = process
-        self.port = port
 
 
 @contextmanager
-def server(*args: str) -> Iterator[Server]:
-    """Run the server with ``args`` on a free port until the block ends (then SIGTERM)."""
-    command = [sys.executable, "-m", "mqcore_tcp", "--port", "0", "--log-level", "INFO", *args]
-    process = subprocess.Popen(command, stderr=subprocess.PIPE)
-    assert process.stderr is not None
-    port = 0
-    lines: list[str] = []
-    while not port:
-        raw = process.stderr.readline()
-        if not raw:
-            raise RuntimeError("the server did not start:\n" + "".join(lines))
-        text = raw.decode()
-        lines.append(text)
-        if "listening on" in text:
-            port = int(text.rsplit(":", 1)[1])
-    # Keep draining the log so the server never blocks on a full pipe.
-    stderr = process.stderr
-    threading.Thread(target=lambda: stderr.read(), daemon=True).start()
-    try:
-        yield Server(process, port)
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+def server(ports: Iterator[int], *args: str) -> Iterator[ServerProcess]:
+    """Run the server with ``args`` on the next of ``ports`` until the block ends (then SIGTERM)."""
+    with running(*args, port=next(ports), grace=30) as srv:
+        yield srv
 
 
-def mqload_throughput(mqload: Path, srv: Server, duration: float) -> dict[str, Any]:
+def mqload_throughput(mqload: str, srv: ServerProcess, duration: float) -> dict[str, Any]:
     """One ``mqload throughput`` run against ``srv``; its JSON result."""
     command = [
-        str(mqload),
+        mqload,
         "throughput",
         "--proto",
         "aiomemq",
@@ -95,21 +64,23 @@ def mqload_throughput(mqload: Path, srv: Server, duration: float) -> dict[str, A
         "--duration",
         str(duration),
         "--broker-pid",
-        str(srv.process.pid),
+        str(srv.pid),
     ]
     done = subprocess.run(command, capture_output=True, check=True, timeout=duration + 120)
     result: dict[str, Any] = json.loads(done.stdout.decode().strip().splitlines()[-1])
     return result
 
 
-def throughput(mqload: Path, rounds: int, duration: float, fsync: str) -> dict[str, Any]:
+def throughput(
+    ports: Iterator[int], mqload: str, rounds: int, duration: float, fsync: str
+) -> dict[str, Any]:
     """Alternate in-memory and durable runs (so both see the same machine); compare medians."""
     rates: dict[str, list[float]] = {"in-memory": [], "durable": []}
     for n in range(rounds):
         for mode in ("in-memory", "durable"):
             with tempfile.TemporaryDirectory() as tmp:
                 args = ["--data-dir", tmp, "--fsync", fsync] if mode == "durable" else []
-                with server(*args) as srv:
+                with server(ports, *args) as srv:
                     result = mqload_throughput(mqload, srv, duration)
             ok = result.get("ok") and not result.get("errors") and not result.get("undelivered")
             rate = float(result["pub_rate"])
@@ -162,12 +133,14 @@ def pipelined_sends(port: int, sends: int, topics: int, payload: int) -> float:
         return time.perf_counter() - start
 
 
-def disk_use(sends: int, topics: int, cache_size: int, payload: int, fsync: str) -> dict[str, Any]:
+def disk_use(
+    ports: Iterator[int], sends: int, topics: int, cache_size: int, payload: int, fsync: str
+) -> dict[str, Any]:
     """The data directory's size after ``sends`` sends to ``topics`` topics."""
     data_dir = Path(tempfile.mkdtemp(prefix="mqcore-disk-"))
     try:
         args = ["--data-dir", str(data_dir), "--cache-size", str(cache_size), "--fsync", fsync]
-        with server(*args) as srv:
+        with server(ports, *args) as srv:
             seconds = pipelined_sends(srv.port, sends, topics, payload)
             running = dir_size(data_dir)
         stopped = dir_size(data_dir)
@@ -198,7 +171,10 @@ def disk_use(sends: int, topics: int, cache_size: int, payload: int, fsync: str)
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; print the figures (and write JSON with ``--json``)."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.durable_bench", description=__doc__)
-    parser.add_argument("--mqload", type=Path, default=DEFAULT_MQLOAD, help="%(default)s")
+    parser.add_argument(
+        "--mqload", help="the mqload binary (default: see benchmarks/common.py); must exist"
+    )
+    add_port_option(parser)
     parser.add_argument("--rounds", type=int, default=2, help="runs of each mode (%(default)s)")
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per run (%(default)s)")
     parser.add_argument("--fsync", default="batch", choices=["always", "batch", "off"])
@@ -212,13 +188,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     results: dict[str, Any] = {"fsync": args.fsync, "cpus": os.cpu_count()}
     if not args.skip_throughput:
-        if not args.mqload.exists():
-            parser.error(f"mqload not found at {args.mqload} (give --mqload or --skip-throughput)")
+        try:
+            mqload = find_mqload(args.mqload)
+        except MqloadNotFoundError as exc:
+            parser.error(str(exc))
+        if mqload is None:
+            parser.error("mqload is not built (see benchmarks/README.md) or give --skip-throughput")
         print(f"throughput (mqload throughput --subs 1, {args.duration:g} s per run):", flush=True)
-        results["throughput"] = throughput(args.mqload, args.rounds, args.duration, args.fsync)
+        results["throughput"] = throughput(
+            args.port, mqload, args.rounds, args.duration, args.fsync
+        )
     if not args.skip_disk:
         print("disk use:", flush=True)
         results["disk"] = disk_use(
+            args.port,
             args.sends, args.topics, args.cache_size, args.payload, args.fsync
         )
     if args.json:

@@ -6,12 +6,15 @@
     python -m benchmarks.run --quick          # smoke run, ~1 s each
     python -m benchmarks.run --mosquitto      # mosquitto side by side (needs mqload)
     python -m benchmarks.run --compare-ref HEAD --server-arg=--cache-size=0
+    python -m benchmarks.run --port 7100-7199  # only ports of that range
 
 For each workload the runner starts ``python -m mqcore_tcp`` as a subprocess
-on a free loopback port, drives it with ``mqload`` (the Rust load generator
-in ``../shared/loadgen``) when it is found, and otherwise with a pure-Python
-asyncio driver, labelled ``python-driver`` in the output. It prints a table
-and writes the raw results as JSON (to ``benchmarks/results/`` by default).
+(through :mod:`mqcore_tcp.testing`) on a loopback port (any free one unless
+``--port`` says otherwise), drives it with ``mqload`` (the Rust load
+generator in ``../shared/loadgen``) when it is found (see
+:mod:`benchmarks.common`), and otherwise with a pure-Python asyncio driver,
+labelled ``python-driver`` in the output. It prints a table and writes the
+raw results as JSON (to ``benchmarks/results/`` by default).
 """
 
 from __future__ import annotations
@@ -24,7 +27,6 @@ import os
 import platform
 import resource
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -38,13 +40,19 @@ from typing import Any
 if __package__ in (None, ""):  # run as `python benchmarks/run.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.common import (
+    ROOT,
+    MqloadNotFoundError,
+    add_port_option,
+    build_mqload,
+    find_mqload,
+)
 from benchmarks.pydriver import DRIVER_NAME, proc_status_kb, run_workload
+from mqcore_tcp.testing import ServerStartError, launch
 
 __all__ = ["WORKLOADS", "find_mqload", "main"]
 
-ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-DEFAULT_MQLOAD = Path("/tmp/mqload/release/mqload")
 
 
 @dataclass(frozen=True)
@@ -76,108 +84,65 @@ class Variant:
     mosquitto: str | None = None
 
 
-# -- finding the load generator ---------------------------------------------------------
-
-
-def find_mqload(explicit: str | None = None) -> str | None:
-    """The mqload binary: ``explicit``, ``$MQLOAD``, the shared build dir, or ``PATH``."""
-    candidates = [
-        explicit,
-        os.environ.get("MQLOAD"),
-        str(DEFAULT_MQLOAD),
-        str(ROOT.parent / "shared" / "loadgen" / "target" / "release" / "mqload"),
-        shutil.which("mqload"),
-    ]
-    for candidate in candidates:
-        if candidate and os.access(candidate, os.X_OK) and Path(candidate).is_file():
-            return candidate
-    return None
-
-
-def build_mqload() -> str | None:
-    """Build mqload from ``../shared/loadgen`` into a temporary target dir, if cargo exists."""
-    cargo = shutil.which("cargo")
-    manifest = ROOT.parent / "shared" / "loadgen" / "Cargo.toml"
-    if cargo is None or not manifest.is_file():
-        return None
-    target = Path(tempfile.gettempdir()) / "mqload"
-    print(f"building mqload into {target} ...", file=sys.stderr)
-    done = subprocess.run(
-        [
-            cargo,
-            "build",
-            "--release",
-            "--manifest-path",
-            str(manifest),
-            "--target-dir",
-            str(target),
-        ],
-        check=False,
-    )
-    binary = target / "release" / "mqload"
-    return str(binary) if done.returncode == 0 and binary.is_file() else None
-
-
 # -- servers ------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    """A loopback port that was free a moment ago (the server binds it next)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with status {proc.returncode}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"server did not listen on port {port} within {timeout} s")
 
 
 @dataclass
 class Server:
     """A running broker process."""
 
-    proc: subprocess.Popen[bytes]
+    pid: int
     port: int
-    log: Path
+    log: list[str]
     exit_status: int | None = None
 
 
 @contextlib.contextmanager
-def start_server(variant: Variant, server_args: Sequence[str], workdir: Path) -> Iterator[Server]:
-    """Run the variant's broker on a free port; stop it (SIGTERM) on exit."""
-    port = free_port()
-    log = workdir / f"{variant.label.replace('/', '_')}-{port}.log"
+def start_server(
+    variant: Variant, server_args: Sequence[str], workdir: Path, port: int
+) -> Iterator[Server]:
+    """Run the variant's broker on ``port`` (0: any free one); stop it (SIGTERM) on exit."""
     if variant.mosquitto:
-        conf = workdir / f"mosquitto-{port}.conf"
-        conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n")
-        cmd = [variant.mosquitto, "-c", str(conf)]
-    else:
-        cmd = [sys.executable, "-m", "mqcore_tcp", "--host", "127.0.0.1", "--port", str(port)]
-        cmd += ["--log-level", "WARNING", *server_args]
+        with _mosquitto(variant.mosquitto, workdir, port) as server:
+            yield server
+        return
+    # cwd is a scratch dir, so `-m` does not import from wherever the runner was started.
     env = {**os.environ, **variant.env}
-    with log.open("wb") as out:
-        # cwd is a scratch dir, so `-m` does not import from wherever the runner was started.
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=workdir, env=env)
-    server = Server(proc, port, log)
+    launched = launch(*server_args, port=port, env=env, cwd=workdir)
+    server = Server(launched.pid, launched.port, launched.log)
     try:
-        _wait_listening(port, proc)
         yield server
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        server.exit_status = proc.returncode
+        server.exit_status = launched.stop()
+
+
+@contextlib.contextmanager
+def _mosquitto(binary: str, workdir: Path, port: int) -> Iterator[Server]:
+    """mosquitto does not report its port: pick a free one, wait until it accepts."""
+    if port == 0:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+    conf = workdir / f"mosquitto-{port}.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n")
+    proc = subprocess.Popen([binary, "-c", str(conf)], stderr=subprocess.DEVNULL)
+    server = Server(proc.pid, port, [])
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"mosquitto did not listen on port {port}")
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+                break
+            time.sleep(0.05)  # mosquitto has no readiness signal to wait on
+        yield server
+    finally:
+        proc.terminate()
+        try:
+            server.exit_status = proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            server.exit_status = proc.wait()
 
 
 # -- running workloads -------------------------------------------------------------------
@@ -213,24 +178,24 @@ def run_one(
     server_args: Sequence[str],
     timing: dict[str, Any],
     workdir: Path,
+    port: int = 0,
 ) -> dict[str, Any]:
     """Start a fresh server, run one workload against it, and stop it."""
     base: dict[str, Any] = {"variant": variant.label, "key": workload.key}
     try:
-        with start_server(variant, server_args, workdir) as server:
-            pid = server.proc.pid
+        with start_server(variant, server_args, workdir, port) as server:
+            pid = server.pid
             if mqload is not None:
                 result = _mqload_run(mqload, workload, variant, server.port, pid, timing)
             else:
                 result = run_workload(workload.name, server.port, {**workload.opts, **timing}, pid)
             result.setdefault("broker_hwm_kb", proc_status_kb(pid, "VmHWM"))
-    except RuntimeError as exc:
+    except (RuntimeError, ServerStartError, ValueError) as exc:
         return {**base, "ok": False, "error": str(exc)}
-    result = {**base, **result, "server_exit_status": server.exit_status}
+    result = {**base, **result, "port": server.port, "server_exit_status": server.exit_status}
     if server.exit_status not in (0, None) and not variant.mosquitto:
         result.setdefault("notes", []).append(f"server exited {server.exit_status}")
-        tail = server.log.read_text(errors="replace")[-2000:]
-        result["server_log_tail"] = tail
+        result["server_log_tail"] = "\n".join(server.log[-20:])
     return result
 
 
@@ -349,7 +314,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="ARG",
         help="pass ARG to `python -m mqcore_tcp` (repeatable), e.g. --server-arg=--cache-size=0",
     )
-    parser.add_argument("--mqload", help="path of the mqload binary (default: $MQLOAD, ...)")
+    add_port_option(parser)
+    parser.add_argument(
+        "--mqload",
+        help="the mqload binary; an error if it is not one (default: $MQLOAD, then build/mqload/"
+        "release/mqload, ../shared/loadgen/target/release/mqload, PATH)",
+    )
     parser.add_argument(
         "--driver",
         choices=["auto", "mqload", "python"],
@@ -385,11 +355,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     workloads = [w for w in WORKLOADS if w.key in keys]
 
     mqload: str | None = None
-    if args.driver != "python":
-        mqload = find_mqload(args.mqload) or (build_mqload() if args.build_mqload else None)
-        if mqload is None and args.driver == "mqload":
-            print("mqload not found (set MQLOAD or use --build-mqload)", file=sys.stderr)
-            return 2
+    try:
+        if args.mqload is not None:
+            find_mqload(args.mqload)  # given explicitly: it must exist, whatever the driver
+        if args.driver != "python":
+            mqload = find_mqload(args.mqload) or (build_mqload() if args.build_mqload else None)
+    except MqloadNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if mqload is None and args.driver == "mqload":
+        print("mqload not found (give --mqload, set MQLOAD or use --build-mqload)", file=sys.stderr)
+        return 2
     if mqload is None and args.driver == "auto":
         print(f"mqload not found: using the slow {DRIVER_NAME}", file=sys.stderr)
 
@@ -428,7 +404,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for workload in workloads:
             # Variants alternate within a workload, so a noisy moment hits both alike.
             for variant in variants:
-                result = run_one(workload, variant, mqload, args.server_arg, timing, workdir)
+                port = next(args.port)
+                result = run_one(workload, variant, mqload, args.server_arg, timing, workdir, port)
                 result["target"] = workload.target
                 results.append(result)
                 progress = _row(result)

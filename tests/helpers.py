@@ -1,29 +1,50 @@
 """Test helpers: drive a :class:`mqcore.Broker` synchronously, the way a transport would;
-talk to a server line by line; run one in this event loop or as ``python -m mqcore_tcp``."""
+talk to a server line by line; run one in this event loop or as ``python -m mqcore_tcp``
+(through :mod:`mqcore_tcp.testing`, the launcher benchmarks use too)."""
 
 from __future__ import annotations
 
 import json
-import os
-import signal
 import socket
 import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager, suppress
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from subprocess import PIPE
 from typing import Any
 
 import anyio
 import anyio.abc
-import pytest
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from mqcore import Broker, ConnectionId
 from mqcore_tcp import TCPServer
+from mqcore_tcp.testing import ServerProcess as LaunchedServer
+from mqcore_tcp.testing import (
+    launch,
+    launch_async,
+    listening_address,
+    listening_port,
+    running_async,
+    server_command,
+)
 
 from .wire import line, parse
+
+__all__ = [
+    "TIMEOUT",
+    "AsyncProcess",
+    "Harness",
+    "LineClient",
+    "ServerProcess",
+    "free_port",
+    "in_process",
+    "listening_address",
+    "listening_port",
+    "popen_server",
+    "server_command",
+    "server_process",
+    "start_server",
+]
 
 
 class Harness:
@@ -160,101 +181,104 @@ async def in_process(**options: Any) -> AsyncIterator[TCPServer]:
 
 
 # -- the server as a subprocess: python -m mqcore_tcp -------------------------------
-
-
-def server_command(*args: str) -> list[str]:
-    """The command line of ``python -m mqcore_tcp *args``, with this interpreter."""
-    return [sys.executable, "-m", "mqcore_tcp", *args]
-
-
-def listening_port(log_line: str) -> int | None:
-    """The port a server's ``... listening on HOST:PORT`` log line names; ``None`` for others."""
-    if "listening on" not in log_line:
-        return None
-    return int(log_line.rsplit(":", 1)[1])
+#
+# One launcher for tests and benchmarks: mqcore_tcp.testing. What follows keeps
+# the names tests have always used, as thin views of it.
 
 
 @contextmanager
 def popen_server(*args: str) -> Iterator[subprocess.Popen[str]]:
-    """Run ``python -m mqcore_tcp *args``; yield it once it logs that it listens.
+    """Run ``python -m mqcore_tcp *args`` (as given: no ``--port`` added); yield it once it listens.
 
-    For blocking tests. Waiting reads its log line, never sleeps; the rest of
-    its log stays in its ``stderr`` (text) for the test to read. On leaving,
-    it is killed if it still runs.
+    For blocking tests. The rest of its log stays in its ``stderr`` (text)
+    for the test to read. On leaving, it is killed if it still runs.
     """
-    proc = subprocess.Popen(server_command(*args), stderr=subprocess.PIPE, text=True)
+    server = launch(*args, port=None, keep_stderr=True, ready_within=TIMEOUT)
     try:
-        assert proc.stderr is not None
-        for text in proc.stderr:
-            if listening_port(text) is not None:
-                break
-        else:
-            pytest.fail(f"server exited with {proc.wait()} before listening")
-        yield proc
+        yield server.popen
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        assert proc.stderr is not None
-        proc.stderr.close()
+        if server.returncode is None:
+            server.kill()
+        server.wait(TIMEOUT)
+        assert server.popen.stderr is not None
+        server.popen.stderr.close()
+
+
+class AsyncProcess:
+    """The server process seen as an :class:`anyio.abc.Process` (the part tests use)."""
+
+    def __init__(self, server: LaunchedServer) -> None:
+        self._server = server
+
+    @property
+    def pid(self) -> int:
+        return self._server.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self._server.returncode
+
+    def send_signal(self, signum: int) -> None:
+        self._server.send_signal(signum)
+
+    def terminate(self) -> None:
+        self._server.terminate()
+
+    def kill(self) -> None:
+        self._server.kill()
+
+    async def wait(self) -> int:
+        return await self._server.wait_async()
+
+    async def aclose(self) -> None:
+        """Wait for it to exit (killing it if cancelled meanwhile), as anyio's does."""
+        try:
+            await self.wait()
+        except BaseException:
+            self.kill()
+            with anyio.CancelScope(shield=True):
+                await self.wait()
+            raise
+
+    async def __aenter__(self) -> AsyncProcess:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
 
 
 @dataclass
 class ServerProcess:
     """A running ``python -m mqcore_tcp``: its process, its port and its log so far."""
 
-    process: anyio.abc.Process
-    port: int
-    log: list[str]
+    server: LaunchedServer
+
+    @property
+    def process(self) -> AsyncProcess:
+        return AsyncProcess(self.server)
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    @property
+    def log(self) -> list[str]:
+        return self.server.log
 
     def kill(self) -> None:
         """SIGKILL it: a crash, not a graceful stop."""
-        self.process.send_signal(signal.SIGKILL)
+        self.server.kill()
 
 
 async def start_server(tg: anyio.abc.TaskGroup, *args: str, port: int = 0) -> ServerProcess:
     """Start ``python -m mqcore_tcp --port PORT *args``; return once it listens.
 
-    ``port`` 0 is any free one (then ``.port`` says which). Waiting reads its
-    log line, never sleeps, for at most :data:`TIMEOUT` seconds; then a task in
-    ``tg`` keeps reading the log into ``.log``, so the server never blocks on
-    a full pipe. The caller stops the process and closes it.
+    ``port`` 0 is any free one (then ``.port`` says which). ``tg`` is kept
+    for the callers' sake: the launcher drains the log in a thread of its
+    own. The caller stops the process and closes it.
     """
-    command = server_command("--port", str(port), *args)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    process = await anyio.open_process(command, stdout=PIPE, stderr=PIPE, env=env)
-    assert process.stderr is not None
-    stderr = BufferedByteReceiveStream(process.stderr)
-    log: list[str] = []
-    bound = None
-    try:
-        with anyio.fail_after(TIMEOUT):
-            while bound is None:
-                try:
-                    text = (await stderr.receive_until(b"\n", 1 << 16)).decode()
-                except anyio.IncompleteRead:
-                    pytest.fail(
-                        f"server exited with {await process.wait()} before listening: {log}"
-                    )
-                log.append(text)
-                bound = listening_port(text)
-    except BaseException:
-        with anyio.CancelScope(shield=True):
-            if process.returncode is None:
-                with suppress(ProcessLookupError):  # it may have exited meanwhile
-                    process.kill()
-            await process.aclose()
-        raise
-
-    async def drain() -> None:
-        try:
-            while True:
-                log.append((await stderr.receive_until(b"\n", 1 << 16)).decode())
-        except (anyio.EndOfStream, anyio.IncompleteRead, anyio.ClosedResourceError):
-            pass
-
-    tg.start_soon(drain)
-    return ServerProcess(process, bound, log)
+    del tg
+    return ServerProcess(await launch_async(*args, port=port, ready_within=TIMEOUT))
 
 
 @asynccontextmanager
@@ -263,13 +287,5 @@ async def server_process(*args: str) -> AsyncIterator[ServerProcess]:
 
     On leaving it gets SIGTERM if it still runs, and is waited for.
     """
-    async with anyio.create_task_group() as tg:
-        server = await start_server(tg, *args)
-        async with server.process:
-            try:
-                yield server
-            finally:
-                if server.process.returncode is None:
-                    server.process.terminate()
-                with anyio.fail_after(TIMEOUT):
-                    await server.process.wait()
+    async with running_async(*args, grace=TIMEOUT) as server:
+        yield ServerProcess(server)

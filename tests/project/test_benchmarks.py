@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
+import itertools
 import json
+import stat
 from pathlib import Path
 
 import pytest
 
-from benchmarks import core_bench, run
+from benchmarks import client_bench, common, core_bench, durable_bench, run
+
+BENCHMARKS = Path(run.__file__).resolve().parent
 
 
 def test_core_bench_reports_every_case(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -57,4 +62,90 @@ def test_runner_passes_server_args_through(tmp_path: Path) -> None:
     assert run.main(argv) == 1
     (result,) = json.loads(out.read_text())["results"]
     assert not result["ok"]
-    assert "server exited" in result["error"]
+    assert "exited with status 2 before listening" in result["error"]
+
+
+def test_runner_uses_the_port_range_it_is_given(tmp_path: Path) -> None:
+    out = tmp_path / "run.json"
+    argv = ["--quick", "--duration", "0.2", "--workloads", "throughput-1,latency"]
+    argv += ["--driver", "python", "--port", "0", "--json", str(out)]
+    assert run.main(argv) == 0
+    free = [r["port"] for r in json.loads(out.read_text())["results"]]
+    # Ports the server just chose are free again now: reuse them as a range.
+    low, high = min(free), min(free) + 1
+    argv[-3:] = [f"{low}-{high}", "--json", str(out)]
+    if run.main(argv) != 0:
+        pytest.skip("another process took the port meanwhile")
+    assert [r["port"] for r in json.loads(out.read_text())["results"]] == [low, high]
+
+
+PORT_SPECS = [
+    ("0", [0, 0, 0]),
+    ("7100", [7100, 7100, 7100]),
+    ("7100-7101", [7100, 7101, 7100]),
+]
+
+
+@pytest.mark.parametrize(("spec", "ports"), PORT_SPECS)
+def test_port_specs(spec: str, ports: list[int]) -> None:
+    assert list(itertools.islice(common.port_spec(spec), 3)) == ports
+
+
+@pytest.mark.parametrize("spec", ["", "x", "-1", "7101-7100", "0-5", "70000", "1-2-3"])
+def test_bad_port_specs_are_refused(spec: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError):
+        common.port_spec(spec)
+
+
+def not_an_mqload(tmp_path: Path) -> list[Path]:
+    """Paths that name no executable mqload: missing, a directory, a plain file."""
+    plain = tmp_path / "plain"
+    plain.write_text("")
+    return [tmp_path / "missing", tmp_path, plain]
+
+
+def test_an_explicit_mqload_that_does_not_exist_is_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for path in not_an_mqload(tmp_path):
+        with pytest.raises(common.MqloadNotFoundError, match="--mqload"):
+            common.find_mqload(path)
+        for driver in ("auto", "python"):
+            assert run.main(["--quick", "--driver", driver, "--mqload", str(path)]) == 2
+            assert "not an executable file" in capsys.readouterr().err
+        with pytest.raises(SystemExit) as exit_:
+            durable_bench.main(["--skip-disk", "--mqload", str(path)])
+        assert exit_.value.code == 2
+        monkeypatch.setenv("MQLOAD", str(path))
+        with pytest.raises(common.MqloadNotFoundError, match="MQLOAD"):
+            common.find_mqload()
+        monkeypatch.delenv("MQLOAD")
+
+
+def test_mqload_given_by_the_environment_is_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = tmp_path / "mqload"
+    fake.write_text("#!/bin/sh\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("MQLOAD", str(fake))
+    assert common.find_mqload() == str(fake)
+    assert common.find_mqload(fake) == str(fake)
+
+
+def test_nothing_is_hard_coded_under_tmp() -> None:
+    for source in BENCHMARKS.glob("*.py"):
+        assert "/tmp" not in source.read_text(), source
+
+
+def test_client_benchmark_runs_against_a_launched_server(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert client_bench.main(["-n", "200", "--port", "0"]) == 0
+    assert "server: subprocess" in capsys.readouterr().out
+
+
+def test_durable_benchmark_disk_part_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--skip-throughput", "--sends", "500", "--topics", "5", "--cache-size", "10"]
+    assert durable_bench.main(argv) == 0
+    assert "data dir after a graceful stop" in capsys.readouterr().out
