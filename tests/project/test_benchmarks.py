@@ -21,7 +21,7 @@ def test_core_bench_reports_every_case(tmp_path: Path, capsys: pytest.CaptureFix
     table = capsys.readouterr().out
     report = json.loads(out.read_text())
     names = [case["name"] for case in report["cases"]]
-    assert names == ["publish 1->1", "fan-out 1->50", "cache replay"]
+    assert names == ["publish 1->1", "fan-out 1->50", "cache replay", "sub churn 100k"]
     for case in report["cases"]:
         assert case["rate"] > 0
         assert case["name"] in table

@@ -31,7 +31,7 @@ def restored(store: Store, cache_size: int) -> Broker:
     """A new durable broker from what ``store`` holds, as after a restart."""
     snapshot = store.load()
     broker = Broker(cache_size=cache_size, durable=True, epoch=snapshot.epoch)
-    broker.restore(snapshot.topics)
+    broker.restore(snapshot.topics, snapshot.index_floor)
     store.apply(broker.take_output().records)
     return broker
 
