@@ -105,8 +105,8 @@ class StreamConnection:
                     await self._wake.wait()
             await stream.send_eof()
             await self._ended.wait()
-        except (*_GONE, NotImplementedError):
-            pass
+        except (*_GONE, NotImplementedError, OSError):
+            pass  # gone, or the peer reset it before the end
         self.scope.cancel()
 
 
@@ -143,7 +143,11 @@ async def serve_listener(
             await anyio.sleep(backoff.failed(lack))
             continue
         backoff.succeeded()
-        raw: socket.socket = stream.extra(SocketAttribute.raw_socket)
-        keep_alive(raw)
-        peer = peer_name(stream.extra(SocketAttribute.remote_address, ""))
+        try:
+            raw: socket.socket = stream.extra(SocketAttribute.raw_socket)
+            keep_alive(raw)
+            peer = peer_name(stream.extra(SocketAttribute.remote_address, ""))
+        except OSError:  # it went away already (getpeername: not connected)
+            await stream.aclose()
+            continue
         task_group.start_soon(serve_stream, hub, stream, peer)
