@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import socket
 import stat
@@ -33,6 +34,10 @@ async def open_unix(url: SplitResult) -> SocketListening:
 
 
 def _remove_if_stale(path: str) -> None:
+    """Remove a socket file nothing serves; refuse one a live server serves.
+
+    (anyio would unlink any socket file, stealing a live server's address.)
+    """
     try:
         if not stat.S_ISSOCK(os.stat(path).st_mode):
             return  # not a socket: binding fails with a clear error
@@ -43,5 +48,5 @@ def _remove_if_stale(path: str) -> None:
             probe.connect(path)
         except ConnectionRefusedError:
             os.unlink(path)  # left by a server that is gone
-        except OSError:
             return
+    raise OSError(errno.EADDRINUSE, os.strerror(errno.EADDRINUSE), path)
