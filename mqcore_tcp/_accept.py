@@ -1,4 +1,4 @@
-"""Accepting connections when the process runs out of file descriptors.
+"""Accepting connections: back-off at the open-file limit, and what each accepted socket gets.
 
 At the open-file limit (``EMFILE``, or ``ENFILE`` system-wide) ``accept()``
 fails while the listening socket stays readable, so a plain accept loop
@@ -8,21 +8,41 @@ longer each time up to :data:`MAX_BACKOFF`, and logs once per episode: a
 warning when it starts and a note when accepting works again. Connections
 already served are not affected; a waiting client is accepted once a
 descriptor is free.
+
+Every accepted TCP socket gets keepalive (a peer that vanished is noticed),
+and every connection of any transport is closed within :data:`CLOSE_TIMEOUT`
+once closing starts.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
-from typing import Final
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Final, TypeVar
 
-__all__ = ["MAX_BACKOFF", "AcceptBackoff", "out_of_descriptors"]
+import anyio
+
+__all__ = [
+    "CLOSE_TIMEOUT",
+    "MAX_BACKOFF",
+    "AcceptBackoff",
+    "keep_alive",
+    "out_of_descriptors",
+    "peer_name",
+]
 
 log = logging.getLogger("mqcore_tcp")
 
 #: First and longest wait after accept() failed for want of resources.
 MIN_BACKOFF: Final = 0.01
 MAX_BACKOFF: Final = 1.0
+
+#: The longest a closing connection may take to be flushed and to end its side.
+CLOSE_TIMEOUT: Final = 10.0
+
+T = TypeVar("T")
 
 _RESOURCE_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
@@ -60,3 +80,31 @@ class AcceptBackoff:
         if self._delay:
             self._delay = 0.0
             log.warning("%s: accepting connections again", self.name)
+
+    async def accept(self, accept: Callable[[], Awaitable[T]]) -> T:
+        """Call ``accept`` until it gives a connection, waiting out resource shortages."""
+        while True:
+            try:
+                accepted = await accept()
+            except (OSError, anyio.BrokenResourceError) as exc:
+                lack = out_of_descriptors(exc)
+                if lack is not None:
+                    await anyio.sleep(self.failed(lack))
+                elif not isinstance(exc, ConnectionError):
+                    raise
+                continue  # a peer that went away before we took it
+            self.succeeded()
+            return accepted
+
+
+def peer_name(address: object) -> str:
+    """How logs name a peer: ``host:port`` for TCP, the path (or ``unix``) otherwise."""
+    if isinstance(address, tuple):
+        return f"{address[0]}:{address[1]}"
+    return str(address) or "unix"
+
+
+def keep_alive(sock: socket.socket) -> None:
+    """Turn on TCP keepalive, so a peer that vanished is noticed (TCP sockets only)."""
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)

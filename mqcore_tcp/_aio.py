@@ -27,21 +27,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from typing import Final, cast
+from typing import cast
 
 import anyio
 
 from mqcore import ConnectionId
 
-from ._accept import AcceptBackoff, out_of_descriptors
+from ._accept import CLOSE_TIMEOUT, AcceptBackoff, keep_alive, peer_name
 from ._hub import Hub
 
-__all__ = ["CLOSE_TIMEOUT", "AioConnection", "running_loop", "serve_sockets"]
+__all__ = ["AioConnection", "running_loop", "serve_sockets"]
 
 log = logging.getLogger("mqcore_tcp")
-
-#: The longest a closing connection may take to be flushed and to end its side.
-CLOSE_TIMEOUT: Final = 10.0
 
 
 def running_loop() -> asyncio.AbstractEventLoop | None:
@@ -50,19 +47,6 @@ def running_loop() -> asyncio.AbstractEventLoop | None:
         return asyncio.get_running_loop()
     except RuntimeError:
         return None
-
-
-def peer_name(address: object) -> str:
-    """How logs name a peer: ``host:port`` for TCP, the path (or ``unix``) otherwise."""
-    if isinstance(address, tuple):
-        return f"{address[0]}:{address[1]}"
-    return str(address) or "unix"
-
-
-def keep_alive(sock: socket.socket) -> None:
-    """Turn on TCP keepalive, so a peer that vanished is noticed (TCP sockets only)."""
-    if sock.family in (socket.AF_INET, socket.AF_INET6):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
 
 
 class _Flusher:
@@ -233,17 +217,7 @@ async def _accept_loop(
             log.debug("%s: a connection failed while starting: %r", name, task.exception())
 
     while True:
-        try:
-            conn, _ = await loop.sock_accept(sock)
-        except ConnectionError:
-            continue  # it went away before we took it
-        except OSError as exc:
-            lack = out_of_descriptors(exc)
-            if lack is None:
-                raise
-            await anyio.sleep(backoff.failed(lack))
-            continue
-        backoff.succeeded()
+        conn, _ = await backoff.accept(lambda: loop.sock_accept(sock))
         task: asyncio.Task[object] = loop.create_task(
             loop.connect_accepted_socket(lambda: AioConnection(hub, flusher), conn)
         )

@@ -22,8 +22,7 @@ from anyio.abc import SocketAttribute
 
 from mqcore import ConnectionId
 
-from ._accept import AcceptBackoff, out_of_descriptors
-from ._aio import CLOSE_TIMEOUT, keep_alive, peer_name
+from ._accept import CLOSE_TIMEOUT, AcceptBackoff, keep_alive, peer_name
 from ._hub import Hub
 
 __all__ = ["READ_SIZE", "StreamConnection", "serve_listener", "serve_stream"]
@@ -134,15 +133,7 @@ async def serve_listener(
     """Accept from ``listener`` until cancelled; serve each connection in ``task_group``."""
     backoff = AcceptBackoff(name)
     while True:
-        try:
-            stream = await listener.accept()
-        except anyio.BrokenResourceError as exc:
-            lack = out_of_descriptors(exc)
-            if lack is None:
-                raise
-            await anyio.sleep(backoff.failed(lack))
-            continue
-        backoff.succeeded()
+        stream = await backoff.accept(listener.accept)
         try:
             raw: socket.socket = stream.extra(SocketAttribute.raw_socket)
             keep_alive(raw)

@@ -1,50 +1,17 @@
-"""Server-layer test support: a server process under a lowered open-file limit, its memory peak."""
+"""Server-layer test support: a server process's open-file limit and memory peak."""
 
 from __future__ import annotations
 
+import resource
 import socket
-import subprocess
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-import pytest
-
-from ..helpers import TIMEOUT, listening_port
-
-#: Runs ``python -m mqcore_tcp ARGS`` with RLIMIT_NOFILE lowered to argv[1] (no preexec_fn:
-#: forking a threaded pytest is unsafe).
-_LIMITED = (
-    "import os, resource, sys; n = int(sys.argv[1]); "
-    "resource.setrlimit(resource.RLIMIT_NOFILE, (n, n)); "
-    "os.execv(sys.executable, [sys.executable, '-m', 'mqcore_tcp', *sys.argv[2:]])"
-)
+from ..helpers import TIMEOUT
 
 
-@contextmanager
-def limited_server(max_files: int, *args: str) -> Iterator[tuple[subprocess.Popen[str], int]]:
-    """Run the server with at most ``max_files`` descriptors; yield it and its port.
-
-    Its log stays in its ``stderr``, for the test to read after stopping it.
-    """
-    command = [sys.executable, "-c", _LIMITED, str(max_files), "--port", "0", *args]
-    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
-    try:
-        assert proc.stderr is not None
-        for text in proc.stderr:
-            port = listening_port(text)
-            if port is not None:
-                break
-        else:
-            pytest.fail(f"server exited with {proc.wait()} before listening")
-        yield proc, port
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        assert proc.stderr is not None
-        proc.stderr.close()
+def limit_open_files(pid: int, limit: int) -> None:
+    """Lower process ``pid``'s RLIMIT_NOFILE to ``limit`` (soft and hard)."""
+    resource.prlimit(pid, resource.RLIMIT_NOFILE, (limit, limit))
 
 
 def request(sock: socket.socket, line: bytes) -> bytes:

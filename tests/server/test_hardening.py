@@ -11,15 +11,16 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
 import pytest
 
 from ..conftest import BOTH_BACKENDS
-from ..helpers import TIMEOUT, LineClient, in_process, server_process
+from ..helpers import TIMEOUT, LineClient, free_port, in_process, popen_server, server_process
 from ..wire import OK, line, lines, send, sub, unsub
-from .support import connect, limited_server, peak_rss, request, reset_peak_rss
+from .support import connect, limit_open_files, peak_rss, request, reset_peak_rss
 
 pytestmark = pytest.mark.anyio
 
@@ -65,7 +66,9 @@ async def test_repeated_replays_of_a_large_cache_stay_within_the_queue_bound() -
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_at_the_open_file_limit_the_server_backs_off_and_keeps_serving(backend: str) -> None:
-    with limited_server(64, "--backend", backend) as (proc, port):
+    port = free_port()
+    with popen_server("--port", str(port), "--backend", backend) as proc:
+        limit_open_files(proc.pid, 64)
         with connect(port) as served:
             assert request(served, line(unsub("x"))) == b'{"success": true}\r\n'
             # More connections than descriptors left: the server accepts until it runs out.
@@ -188,36 +191,40 @@ def test_bad_numbers_are_named_clearly(args: list[str], says: str) -> None:
     assert "invalid" not in result.stderr
 
 
-def test_a_data_dir_that_is_a_file_is_named_as_such(tmp_path: Path) -> None:
+def _read_only_dir(tmp_path: Path) -> Path:
+    directory = tmp_path / "ro"
+    directory.mkdir(mode=0o555)
+    try:
+        (directory / "probe").touch()
+    except OSError:
+        return directory
+    pytest.skip("running as root: permissions do not stop writes")
+
+
+def _file(tmp_path: Path) -> Path:
     file = tmp_path / "file"
     file.write_text("")
-    result = _run("--port", "0", "--data-dir", str(file))
-    assert result.returncode == 1
-    assert f"--data-dir {file}: not a directory" in result.stderr
-    assert "File exists" not in result.stderr
-    assert "Traceback" not in result.stderr
+    return file
 
 
-@pytest.mark.parametrize("where", ["chmod", "proc"])
-def test_a_data_dir_that_is_not_writable_is_named_as_such(tmp_path: Path, where: str) -> None:
-    if where == "chmod":
-        directory = tmp_path / "ro"
-        directory.mkdir(mode=0o555)
-        probe = directory / "probe"
-        try:
-            probe.touch()
-        except OSError:
-            pass
-        else:
-            pytest.skip("running as root: permissions do not stop writes")
-    else:
-        directory = Path("/proc/self")  # a directory no one may create files in
-        if not directory.is_dir():
-            pytest.skip("no /proc")
+@pytest.mark.parametrize(
+    ("make", "says", "not_said"),
+    [
+        (_file, "not a directory", "File exists"),
+        (_read_only_dir, "not writable", "database"),
+        # A directory no one, not even root, may create files in.
+        (lambda _: Path("/proc/self"), "not writable", "database"),
+    ],
+    ids=["file", "read-only", "proc"],
+)
+def test_a_data_dir_that_cannot_be_one_is_named_as_such(
+    tmp_path: Path, make: Callable[[Path], Path], says: str, not_said: str
+) -> None:
+    directory = make(tmp_path)
     result = _run("--port", "0", "--data-dir", str(directory))
     assert result.returncode == 1
-    assert f"--data-dir {directory}: not writable" in result.stderr
-    assert "database" not in result.stderr
+    assert f"--data-dir {directory}: {says}" in result.stderr
+    assert not_said not in result.stderr
     assert "Traceback" not in result.stderr
 
 

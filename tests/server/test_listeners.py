@@ -28,7 +28,7 @@ def socket_path() -> Iterator[Path]:
 
 
 async def unix_client(path: Path) -> LineClient:
-    return LineClient(await anyio.connect_unix(path))  # type: ignore[arg-type]
+    return LineClient(await anyio.connect_unix(path))
 
 
 @BOTH_BACKENDS
