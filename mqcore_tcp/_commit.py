@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Final
 
@@ -60,7 +61,7 @@ MAX_QUEUED_OUTPUTS: Final = 256
 Release = Callable[[Output], None]
 
 
-class Committer:
+class Committer(ABC):
     """What both strategies share: the store, the release callback, failure."""
 
     def __init__(self, store: Store, release: Release) -> None:
@@ -75,9 +76,9 @@ class Committer:
         #: Why the store failed, once it has; nothing is released after that.
         self.error: StoreError | None = None
 
+    @abstractmethod
     def submit(self, output: Output) -> None:
         """Release ``output`` once its records (and every earlier output's) are stored."""
-        raise NotImplementedError
 
     def store_later(self, records: list[Record]) -> None:
         """Store ``records`` with the next commit; nothing waits for them."""
@@ -101,12 +102,13 @@ class Committer:
         while not self._idle.is_set():
             await self._idle.wait()
 
+    @abstractmethod
     async def run(self) -> None:
         """Commit until cancelled; on a store failure set :attr:`error` and raise it."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _wake(self) -> None:
-        raise NotImplementedError
+        """Have records waiting in ``_later`` stored soon."""
 
     def _take_later(self) -> list[Record]:
         with self._lock:
