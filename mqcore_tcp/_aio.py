@@ -148,16 +148,17 @@ class AioConnection(asyncio.Protocol):
         """Bytes not yet handed to the kernel."""
         return self._unsent
 
-    def write(self, chunks: list[bytes]) -> None:
-        """Write ``chunks`` in one write (the hub bounds their total)."""
+    def write(self, chunks: list[bytes]) -> int:
+        """Write ``chunks`` in one write (the hub bounds their total); return :attr:`queued`."""
         transport = self.transport
         if self._closing or transport is None or transport.is_closing():
             refused = sum(map(len, chunks))
             self._refused += refused
             self._unsent += refused
-            return
+            return self._unsent
         transport.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
-        self._unsent = transport.get_write_buffer_size() + self._refused
+        self._unsent = unsent = transport.get_write_buffer_size() + self._refused
+        return unsent
 
     def close_when_flushed(self) -> None:
         """Flush, end the write side, and close once the peer ends its side (or time is up)."""

@@ -208,9 +208,8 @@ class Hub:
                 continue
             size = sum(map(len, chunks))
             if size <= cap:
-                link.conn.write(chunks)
                 link.written += size
-                if link.conn.queued > cap:
+                if link.conn.write(chunks) > cap:
                     self._overflow(cid, link)
             else:
                 self._write_in_pieces(cid, link, chunks)
@@ -233,17 +232,15 @@ class Hub:
         size = 0
         for chunk in chunks:
             if size and size + len(chunk) > cap:
-                link.conn.write(piece)
                 link.written += size
-                if link.conn.queued > cap:
+                if link.conn.write(piece) > cap:
                     self._overflow(cid, link)
                     return
                 piece, size = [], 0
             piece.append(chunk)
             size += len(chunk)
-        link.conn.write(piece)
         link.written += size
-        if link.conn.queued > cap:
+        if link.conn.write(piece) > cap:
             self._overflow(cid, link)
 
     def _confirm(self, link: _Link) -> None:

@@ -51,10 +51,11 @@ class StreamConnection:
     def queued(self) -> int:
         return self._queued
 
-    def write(self, chunks: list[bytes]) -> None:
+    def write(self, chunks: list[bytes]) -> int:
         self._queue += chunks
         self._queued += sum(map(len, chunks))
         self._wake.set()
+        return self._queued
 
     def close_when_flushed(self) -> None:
         if not self._closing:
