@@ -1,17 +1,25 @@
 """The asyncio fast path: connections as asyncio Protocols, with no task per connection.
 
-Under asyncio, :meth:`TCPServer.serve` hands its (anyio-bound) listening
-sockets to ``loop.create_server``. Each connection is then a Protocol
-whose ``data_received`` feeds the broker directly, and whose bytes are
-written by ``transport.write`` (which sends at once when the socket has
-room and buffers the rest), instead of a reader and a writer task that
-wake each other through events. That removes, per read, two task switches,
-an event, and the epoll re-registration that anyio's streams do to pause
-and resume reading; per connection, two tasks and a task group. Under any
-other backend (trio) the server keeps its anyio streams.
+Under asyncio each accepted socket becomes an :class:`AioConnection`, an
+asyncio Protocol whose ``data_received`` feeds the hub directly and whose
+bytes are written by ``transport.write`` (which sends at once when the
+socket has room and buffers the rest), instead of a reader and a writer
+task that wake each other through events. That removes, per read, two task
+switches, an event, and the epoll re-registration that anyio's streams do
+to pause and resume reading; per connection, two tasks and a task group.
+Under any other backend (trio) the server uses ``_streams`` instead.
 
 Output is applied once per event-loop turn, not once per read: reads that
 arrive together (several publishers, one subscriber) share one write.
+
+Accepting is our own loop (``loop.sock_accept``), not ``loop.create_server``:
+asyncio's accept loop, at the open-file limit, logs a traceback for each of
+up to ``backlog`` attempts per wake-up. Ours backs off (see ``_accept``).
+
+Closing (``quit``, end of input, shutdown) flushes what is owed, ends the
+write side (FIN) and then reads and discards until the peer ends its side,
+for at most :data:`CLOSE_TIMEOUT`: closing a socket with unread input makes
+the kernel send a reset, which can destroy replies the peer has not read yet.
 """
 
 from __future__ import annotations
@@ -19,24 +27,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from typing import TYPE_CHECKING, Final, cast
+from typing import cast
 
 import anyio
-import anyio.abc
-from anyio.abc import SocketAttribute
 
-from mqcore import ConnectionId, Output, Record
+from mqcore import ConnectionId
 
-if TYPE_CHECKING:
-    from ._server import TCPServer
+from ._accept import CLOSE_TIMEOUT, AcceptBackoff, keep_alive, peer_name
+from ._hub import Hub
 
-__all__ = ["Connection", "accept", "running_loop"]
+__all__ = ["AioConnection", "running_loop", "serve_sockets"]
 
 log = logging.getLogger("mqcore_tcp")
-
-#: The kernel caps it at net.core.somaxconn; asyncio's default of 100 is too
-#: small for thousands of clients connecting at once.
-BACKLOG: Final = 65535
 
 
 def running_loop() -> asyncio.AbstractEventLoop | None:
@@ -50,8 +52,8 @@ def running_loop() -> asyncio.AbstractEventLoop | None:
 class _Flusher:
     """Applies the broker's output once per event-loop turn, after the turn's reads."""
 
-    def __init__(self, server: TCPServer, loop: asyncio.AbstractEventLoop) -> None:
-        self.server = server
+    def __init__(self, hub: Hub, loop: asyncio.AbstractEventLoop) -> None:
+        self.hub = hub
         self.loop = loop
         self.pending = False
 
@@ -65,166 +67,160 @@ class _Flusher:
     def flush(self) -> None:
         if self.pending:
             self.pending = False
-            server = self.server
-            server._dispatch(server.broker.take_output())
+            self.hub.flush()
 
 
-class Connection(asyncio.Protocol):
-    """One client connection on the asyncio path: feeds the broker, writes what it is owed.
+class AioConnection(asyncio.Protocol):
+    """One connection on the asyncio path: feeds the hub, writes what it is owed."""
 
-    It has the write-side interface of the anyio path's client (``push``,
-    ``close_when_flushed``, ``abort``, ``queue``/``queued``/``confirm``), so
-    :meth:`TCPServer._dispatch` applies an Output to either kind alike.
-    """
-
-    def __init__(self, server: TCPServer, flusher: _Flusher) -> None:
-        self.server = server
+    def __init__(self, hub: Hub, flusher: _Flusher) -> None:
+        self.hub = hub
         self.flusher = flusher
         self.transport: asyncio.Transport | None = None
         self.cid = ConnectionId(-1)
-        self.peer = "?"
-        self.closing = False
-        # Bytes go to the transport as soon as they are pushed, so nothing
-        # ever waits here; records waiting for a write wait in `confirm`
-        # until asyncio's buffer has drained (resume_writing).
-        self.queue: list[bytes] = []
-        self.queued = 0
-        self.confirm: list[Record] = []
+        self._closing = False
+        self._eof = False
+        # Bytes not yet handed to the kernel, as last seen (a closed transport
+        # forgets its buffer), plus bytes refused because it was closing.
+        self._unsent = 0
+        self._refused = 0
         self._resume: asyncio.Task[None] | None = None
+        self._deadline: asyncio.TimerHandle | None = None
 
     # -- asyncio callbacks ----------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        """Register the new connection with the broker and the server."""
+        """Register the new connection with the hub."""
         # A stream transport (not an isinstance check: uvloop's do not subclass asyncio's).
         self.transport = cast(asyncio.Transport, transport)
-        server = self.server
-        self.cid = server.broker.open_connection()
-        address = transport.get_extra_info("peername")
-        self.peer = f"{address[0]}:{address[1]}" if isinstance(address, tuple) else str(address)
-        server._clients[self.cid] = self
-        if server._committer is not None:
-            # Durable: have asyncio call resume_writing() whenever its buffer
-            # drains into the kernel, so records that wait for bytes to be
-            # written (consumed `one` messages) are stored only then.
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            keep_alive(sock)
+        self.cid = self.hub.connect(self, peer_name(transport.get_extra_info("peername")))
+        if self.hub.durable:
+            # Have asyncio call resume_writing() whenever its buffer drains
+            # into the kernel, so records that wait for bytes to be written
+            # (consumed `one` messages) are stored then.
             self.transport.set_write_buffer_limits(high=0)
-        log.debug("connection %d from %s", self.cid, self.peer)
 
     def data_received(self, data: bytes) -> None:
-        """Feed the broker; its output is applied once, at the end of this loop turn."""
-        server = self.server
-        server.broker.receive_data(self.cid, data)
+        """Feed the hub; its output is applied once, at the end of this loop turn."""
+        if self._closing:
+            return  # read only so that closing sends no reset: discard
+        hub = self.hub
+        hub.receive(self.cid, data)
         self.flusher.soon()
-        committer = server._committer
-        if committer is not None and committer.backlogged and self._resume is None:
+        if hub.backlogged and self._resume is None:
             # The store is behind: stop reading, so TCP slows the sender.
             assert self.transport is not None
             self.transport.pause_reading()
             self._resume = asyncio.ensure_future(self._resume_when_room())
 
     def eof_received(self) -> bool:
-        """The peer is done sending: close once what it is owed is written.
+        """The peer is done sending: it gets what it is owed, then the close.
 
-        It gets no new deliveries (a `one` message must not go to a peer that
-        may be gone). The close goes through the server's dispatch like a
-        `quit`, so with a store it waits behind replies still held for a
-        commit. Returning True keeps the transport open until then.
+        Returning True keeps the transport open until the hub closes it;
+        False (when already closing) lets asyncio close it now.
         """
-        server = self.server
+        self._eof = True
+        if self._closing:
+            return False
         self.flusher.flush()
-        server.broker.connection_lost(self.cid)
-        server._dispatch(Output(close=[self.cid]))
+        self.hub.receive_eof(self.cid)
         return True
 
     def resume_writing(self) -> None:
         """asyncio's buffer drained into the kernel (durable mode sets a high-water mark of 0)."""
-        if self.confirm:
-            confirm, self.confirm = self.confirm, []
-            self.server._written(confirm)
+        assert self.transport is not None
+        self._unsent = self.transport.get_write_buffer_size() + self._refused
+        self.hub.sent(self.cid)
 
     def connection_lost(self, exc: Exception | None) -> None:
         """The transport is closed: forget the connection."""
-        self._forget()
-        log.debug("connection %d from %s closed", self.cid, self.peer)
+        self._closing = True
+        self._stop_waiting()
+        self.hub.disconnected(self.cid)
 
-    # -- the client interface ---------------------------------------------------------
+    # -- the Connection interface -------------------------------------------------------
 
-    def push(self, chunks: list[bytes]) -> int:
-        """Write ``chunks`` (one write for all); return the bytes still unsent."""
+    @property
+    def queued(self) -> int:
+        """Bytes not yet handed to the kernel."""
+        return self._unsent
+
+    def write(self, chunks: list[bytes]) -> int:
+        """Write ``chunks`` in one write (the hub bounds their total); return :attr:`queued`."""
         transport = self.transport
-        if transport is None or transport.is_closing():
-            return 0
+        if self._closing or transport is None or transport.is_closing():
+            refused = sum(map(len, chunks))
+            self._refused += refused
+            self._unsent += refused
+            return self._unsent
         transport.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
-        self.queued = transport.get_write_buffer_size()
-        return self.queued
-
-    def owes(self) -> bool:
-        """Whether bytes pushed to it still wait in asyncio's buffer."""
-        return self.transport is not None and self.transport.get_write_buffer_size() > 0
+        self._unsent = unsent = transport.get_write_buffer_size() + self._refused
+        return unsent
 
     def close_when_flushed(self) -> None:
-        """Close once everything owed so far is sent."""
-        self.flusher.flush()  # what the broker owes it but has not yet handed out
-        self.closing = True
-        if self.transport is not None:
-            self.transport.close()
+        """Flush, end the write side, and close once the peer ends its side (or time is up)."""
+        transport = self.transport
+        if self._closing or transport is None:
+            return
+        self._closing = True
+        if self._eof or not transport.can_write_eof():
+            transport.close()
+            return
+        transport.write_eof()  # sent after the buffer drains
+        self._stop_waiting()
+        transport.resume_reading()  # in case the store had paused it
+        self._deadline = asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, transport.abort)
 
     def abort(self) -> None:
         """Close now, dropping anything unsent."""
-        self.closing = True
+        self._closing = True
         if self.transport is not None:
             self.transport.abort()
-        # connection_lost() follows on the next loop turn; forget it now, so
-        # nothing more is pushed to it meanwhile.
-        self._forget()
 
     # -- internals --------------------------------------------------------------------
 
-    def _forget(self) -> None:
-        server = self.server
-        if server._clients.get(self.cid) is not self:
-            return
-        del server._clients[self.cid]
-        server.broker.connection_lost(self.cid)
+    def _stop_waiting(self) -> None:
         if self._resume is not None:
-            self._resume.cancel()  # it would only resume reading a closed transport
+            self._resume.cancel()  # it would only resume reading
             self._resume = None
-        if self.confirm and server._committer is not None:
-            server._committer.store_later(self.confirm)
-            self.confirm = []
-        if not server._clients:
-            server._idle.set()
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
 
     async def _resume_when_room(self) -> None:
-        committer = self.server._committer
-        if committer is not None:
-            await committer.wait_for_room()
+        await self.hub.wait_for_room()
         self._resume = None
         if self.transport is not None and not self.transport.is_closing():
             self.transport.resume_reading()
 
 
-async def accept(
-    server: TCPServer,
-    loop: asyncio.AbstractEventLoop,
-    listener: anyio.abc.Listener[anyio.abc.SocketStream],
+async def serve_sockets(hub: Hub, sockets: list[socket.socket], name: str) -> None:
+    """Serve connections accepted on the listening ``sockets`` until cancelled."""
+    loop = asyncio.get_running_loop()
+    flusher = _Flusher(hub, loop)
+    async with anyio.create_task_group() as tg:
+        for sock in sockets:
+            tg.start_soon(_accept_loop, hub, loop, flusher, sock, name)
+
+
+async def _accept_loop(
+    hub: Hub, loop: asyncio.AbstractEventLoop, flusher: _Flusher, sock: socket.socket, name: str
 ) -> None:
-    """Serve ``listener``'s sockets with :class:`Connection` protocols until cancelled."""
-    listeners = getattr(listener, "listeners", [listener])
-    sockets: list[socket.socket] = [sub.extra(SocketAttribute.raw_socket) for sub in listeners]
-    flusher = _Flusher(server, loop)
-    servers = [
-        await loop.create_server(lambda: Connection(server, flusher), sock=sock, backlog=BACKLOG)
-        for sock in sockets
-    ]
-    try:
-        await anyio.sleep_forever()
-    finally:
-        for aserver in servers:
-            aserver.close()
-        if not server._stop.is_set():
-            # Cancelled from outside, not stopped by shutdown(): no task owns
-            # these connections, so close them here.
-            for client in list(server._clients.values()):
-                client.abort()
-        # After shutdown(), serve() flushes and closes the connections itself.
+    backoff = AcceptBackoff(name)
+    starting: set[asyncio.Task[object]] = set()
+
+    def started(task: asyncio.Task[object]) -> None:
+        starting.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.debug("%s: a connection failed while starting: %r", name, task.exception())
+
+    while True:
+        conn, _ = await backoff.accept(lambda: loop.sock_accept(sock))
+        task: asyncio.Task[object] = loop.create_task(
+            loop.connect_accepted_socket(lambda: AioConnection(hub, flusher), conn)
+        )
+        starting.add(task)
+        task.add_done_callback(started)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 
 import anyio
 
@@ -16,41 +19,62 @@ from mqcore import (
     DEFAULT_MAX_LINE_BYTES,
     DEFAULT_MAX_TOPICS,
     StoreError,
+    __version__,
 )
 
-from ._server import DEFAULT_MAX_QUEUED_BYTES, DEFAULT_PORT, TCPServer
-from .store import DEFAULT_FSYNC, FSYNC_MODES, SQLiteStore
+from ._config import DEFAULT_MAX_QUEUED_BYTES, DEFAULT_PORT, ServerConfig, tcp_url
+from ._listen import parse_url
+from ._server import TCPServer
+from .store import DEFAULT_FSYNC, FSYNC_MODES, STORE_FILE, SQLiteStore
 
-__all__ = ["main", "parse_args"]
+__all__ = ["config_of", "data_dir_problem", "main", "parse_args"]
 
 log = logging.getLogger("mqcore_tcp")
 
 
-def _non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+def _integer(text: str, low: int, high: int | None = None) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < low or (high is not None and value > high):
+        bounds = f"{low}..{high}" if high is not None else f">= {low}"
+        raise argparse.ArgumentTypeError(f"must be {bounds}, got {value}")
     return value
+
+
+def _non_negative(text: str) -> int:
+    return _integer(text, 0)
 
 
 def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+    return _integer(text, 1)
 
 
 def _port(text: str) -> int:
-    value = int(text)
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be 0..65535, got {value}")
-    return value
+    return _integer(text, 0, 65535)
+
+
+def _listen_url(text: str) -> str:
+    try:
+        parse_url(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _program() -> str:
+    """How the user started us: ``python -m mqcore_tcp`` or the ``mqcore-server`` script."""
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    if not name or name in ("__main__.py", "-c"):
+        return "python -m mqcore_tcp"
+    return name
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse the command line, accepting the reference's ``PORT [CACHE_SIZE]`` form too."""
     parser = argparse.ArgumentParser(
-        prog="python -m mqcore_tcp",
+        prog=_program(),
         description="mqcore: an aiomemq-compatible message broker over TCP "
         "(newline-delimited JSON).",
         epilog="The reference broker's form `python -m mqcore_tcp PORT [CACHE_SIZE]` "
@@ -66,14 +90,33 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         metavar="CACHE_SIZE",
         help="messages cached per topic (same as --cache-size)",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s (mqcore) {__version__}")
     parser.add_argument(
-        "--host", default="127.0.0.1", help="address to listen on (default: %(default)s)"
+        "--host",
+        default=None,
+        help="address of the TCP listener (default: 127.0.0.1)",
     )
     parser.add_argument(
         "--port",
         type=_port,
         default=None,
         help=f"port to listen on, 0 for any free port (default: {DEFAULT_PORT})",
+    )
+    parser.add_argument(
+        "--listen",
+        metavar="URL",
+        action="append",
+        type=_listen_url,
+        default=[],
+        help="listen on URL, repeatable, all served by one broker: mqcore://HOST:PORT "
+        "(TCP) or unix:///PATH (a Unix socket). With --listen, --host/--port add a TCP "
+        "listener only if given",
+    )
+    parser.add_argument(
+        "--backend",
+        choices=["asyncio", "trio"],
+        default="asyncio",
+        help="the event loop to run on (default: %(default)s; asyncio is the fastest)",
     )
     parser.add_argument(
         "--cache-size",
@@ -155,11 +198,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("give the port either as PORT or as --port, not both")
     if args.pos_cache_size is not None and args.cache_size is not None:
         parser.error("give the cache size either as CACHE_SIZE or as --cache-size, not both")
-    args.port = (
-        args.pos_port
-        if args.pos_port is not None
-        else (args.port if args.port is not None else DEFAULT_PORT)
+    port = args.pos_port if args.pos_port is not None else args.port
+    tcp = (
+        ()
+        if args.listen and port is None and args.host is None
+        else (tcp_url(args.host or "127.0.0.1", DEFAULT_PORT if port is None else port),)
     )
+    args.host = args.host or "127.0.0.1"
+    args.port = DEFAULT_PORT if port is None else port
+    args.listen = (*tcp, *args.listen)
     args.cache_size = (
         args.pos_cache_size
         if args.pos_cache_size is not None
@@ -168,24 +215,50 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def config_of(args: argparse.Namespace) -> ServerConfig:
+    """The server configuration the parsed command line asks for."""
+    return ServerConfig(
+        host=args.host,
+        port=args.port,
+        listen=args.listen,
+        cache_size=args.cache_size,
+        max_line_bytes=args.max_line_bytes,
+        max_queued_bytes=args.max_queued_bytes,
+        max_topics=args.max_topics,
+        max_cache_bytes=args.max_cache_bytes,
+    )
+
+
+def data_dir_problem(path: str) -> str | None:
+    """Why ``path`` cannot be a data directory (None if it can; it is created if missing)."""
+    directory = Path(path)
+    if directory.exists() and not directory.is_dir():
+        return f"--data-dir {path}: not a directory"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return f"--data-dir {path}: cannot create the directory: {exc.strerror or exc}"
+    try:
+        # A real write, not os.access: it also sees read-only mounts and runs as root.
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as exc:
+        return f"--data-dir {path}: not writable: {exc.strerror or exc}"
+    store_file = directory / STORE_FILE
+    if store_file.exists() and not os.access(store_file, os.R_OK | os.W_OK):
+        return f"--data-dir {path}: {STORE_FILE} is not readable and writable"
+    return None
+
+
 async def _run(args: argparse.Namespace) -> None:
     store = None
     try:
         if args.data_dir is not None:
             store = SQLiteStore.in_directory(args.data_dir, fsync=args.fsync)
-        server = TCPServer(
-            host=args.host,
-            port=args.port,
-            cache_size=args.cache_size,
-            max_line_bytes=args.max_line_bytes,
-            max_queued_bytes=args.max_queued_bytes,
-            max_topics=args.max_topics,
-            max_cache_bytes=args.max_cache_bytes,
-            store=store,
-        )
+        server = TCPServer(config_of(args), store=store)
         if store is not None:
             log.info("durable: store %s (fsync %s)", store.path, args.fsync)
-        await _serve(server, args)
+        await _serve(server)
     except StoreError as exc:
         log.error("%s", exc)
         raise SystemExit(1) from None
@@ -194,11 +267,12 @@ async def _run(args: argparse.Namespace) -> None:
             store.close()
 
 
-async def _serve(server: TCPServer, args: argparse.Namespace) -> None:
+async def _serve(server: TCPServer) -> None:
     try:
         await server.bind()
-    except OSError as exc:
-        log.error("cannot listen on %s:%d: %s", args.host, args.port, exc.strerror or exc)
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        log.error("cannot listen on %s: %s", _where(server.config.urls()), reason)
         raise SystemExit(1) from None
     async with anyio.create_task_group() as tg:
 
@@ -214,13 +288,23 @@ async def _serve(server: TCPServer, args: argparse.Namespace) -> None:
         tg.cancel_scope.cancel()
 
 
+def _where(urls: Sequence[str]) -> str:
+    """Name listeners as the user gave them; ``HOST:PORT`` for TCP ones."""
+    return ", ".join(url.split("://", 1)[1] if url.startswith("mqcore://") else url for url in urls)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the server until SIGINT or SIGTERM; return the exit status."""
     args = parse_args(argv)
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    anyio.run(_run, args)
+    if args.data_dir is not None:
+        problem = data_dir_problem(args.data_dir)
+        if problem is not None:
+            log.error("%s", problem)
+            return 1
+    anyio.run(_run, args, backend=args.backend)
     return 0
 
 

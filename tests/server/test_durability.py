@@ -29,17 +29,15 @@ import pytest
 from mqcore import MemoryStore, NextIndex, Record, Snapshot, StoreError
 from mqcore_tcp import TCPServer
 
+from ..conftest import BOTH_BACKENDS
 from ..helpers import TIMEOUT, LineClient, in_process, server_command, server_process
+from ..wire import OK, send, sub
 
 pytestmark = pytest.mark.anyio
 
 
 #: How a connection to a killed server ends.
 DEAD = (OSError, anyio.BrokenResourceError, anyio.EndOfStream, anyio.IncompleteRead)
-
-
-def send_cmd(topic: str, msg: str, delivery: str = "all") -> dict[str, Any]:
-    return {"command": "send", "topic": topic, "msg": msg, "delivery": delivery}
 
 
 async def hello_epoch(port: int) -> str:
@@ -103,7 +101,7 @@ class Producer:
                 try:
                     while True:
                         reply = await conn.read()
-                        assert reply == {"success": True}
+                        assert reply == OK
                         self.acked += 1
                         acks[0] += 1
                         if acks[0] >= 3000:
@@ -124,7 +122,7 @@ class Producer:
                         msg = self.message(topic, counts[topic])
                         counts[topic] += 1
                         self.sent.append((topic, msg))
-                        lines.append(send_cmd(topic, msg, self.delivery))
+                        lines.append(send(topic, msg, self.delivery))
                     await conn.write(*lines)
             except DEAD:
                 # Replies may still be waiting to be read: the reader ends this.
@@ -141,7 +139,7 @@ class Consumer:
     async def subscribe(self, port: int) -> LineClient:
         conn = await LineClient.open(port)
         for topic in self.topics:
-            assert await conn.request({"command": "subscribe", "topic": topic}) == {"success": True}
+            assert await conn.request({"command": "subscribe", "topic": topic}) == OK
         return conn
 
     async def run(self, conn: LineClient) -> None:
@@ -158,15 +156,15 @@ async def replay_and_next(port: int, topic: str) -> tuple[list[tuple[int, str]],
     conn = await LineClient.open(port)
     try:
         await conn.write({"command": "subscribe", "topic": topic})
-        assert await conn.read() == {"success": True}
+        assert await conn.read() == OK
         marker = f"after the restart {os.urandom(8).hex()}"
-        await conn.write(send_cmd(topic, marker, "all"))
+        await conn.write(send(topic, marker, "all"))
         replay: list[tuple[int, str]] = []
         while True:
             m = await conn.read()
             if m.get("msg") == marker:
                 # Our own copy arrives before our reply, as in the reference.
-                assert await conn.read() == {"success": True}
+                assert await conn.read() == OK
                 return replay, m["index"]
             replay.append((m["index"], m["msg"]))
     finally:
@@ -242,7 +240,7 @@ async def test_the_epoch_survives_a_restart_with_a_data_dir_and_not_without(
         async with server_process("--data-dir", str(data_dir)) as server:
             durable = await hello_epoch(server.port)
             conn = await LineClient.open(server.port)
-            assert await conn.request(send_cmd("t", "kept")) == {"success": True}
+            assert await conn.request(send("t", "kept")) == OK
             await conn.aclose()
             server.kill()
         async with server_process("--data-dir", str(data_dir)) as server:
@@ -336,9 +334,8 @@ class WatchedStore(MemoryStore):
         return super().load()
 
 
-#: The in-process tests run on both backends: under asyncio the server uses
-#: asyncio Protocols, under trio anyio streams, and both must hold the order.
-BOTH_BACKENDS = pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
+# The in-process tests run on both backends (BOTH_BACKENDS): under asyncio the
+# server uses asyncio Protocols, under trio anyio streams, and both must hold the order.
 
 
 @BOTH_BACKENDS
@@ -351,21 +348,17 @@ async def test_replies_and_deliveries_wait_for_their_commit_and_commits_are_grou
     with anyio.fail_after(TIMEOUT):
         async with in_process(store=store) as server:
             consumer = await LineClient.open(server.port)
-            assert await consumer.request({"command": "subscribe", "topic": "t"}) == {
-                "success": True
-            }
+            assert await consumer.request(sub("t")) == OK
             producer = await LineClient.open(server.port)
 
             async def produce() -> None:
                 for start in range(0, n, 500):
-                    await producer.write(
-                        *(send_cmd("t", f"m{i}") for i in range(start, start + 500))
-                    )
+                    await producer.write(*(send("t", f"m{i}") for i in range(start, start + 500)))
 
             async with anyio.create_task_group() as tg:
                 tg.start_soon(produce)
                 for k in range(1, n + 1):
-                    assert await producer.read() == {"success": True}
+                    assert await producer.read() == OK
                     # The k-th reply is written only once the k-th send is stored.
                     assert store.next["t"] >= k
                 for i in range(n):
@@ -386,17 +379,17 @@ async def test_a_replay_of_a_message_not_yet_stored_waits_for_the_commit() -> No
             producer = await LineClient.open(server.port)
             store.gate.clear()
             store.entered.clear()
-            await producer.write(send_cmd("t", "early"))
+            await producer.write(send("t", "early"))
             # The commit of "early" is under way (and held): the broker has cached it.
             await anyio.to_thread.run_sync(store.entered.wait, TIMEOUT)
             consumer = await LineClient.open(server.port)
-            await consumer.write({"command": "subscribe", "topic": "t"})
+            await consumer.write(sub("t"))
             store.gate.set()
-            assert await consumer.read() == {"success": True}
+            assert await consumer.read() == OK
             replayed = await consumer.read()
             assert (replayed["msg"], replayed["index"]) == ("early", 0)
             assert store.next["t"] == 1  # stored before it was replayed
-            assert await producer.read() == {"success": True}
+            assert await producer.read() == OK
             await producer.aclose()
             await consumer.aclose()
 
@@ -422,8 +415,8 @@ async def test_a_failing_store_stops_the_server_and_acknowledges_nothing_more(
         async with anyio.create_task_group() as tg:
             tg.start_soon(serve)
             producer = await LineClient.open(server.port)
-            assert await producer.request(send_cmd("t", "stored")) == {"success": True}
-            await producer.write(send_cmd("t", "not stored"))
+            assert await producer.request(send("t", "stored")) == OK
+            await producer.write(send("t", "not stored"))
             try:
                 while True:
                     replies.append(await producer.read())
@@ -443,12 +436,10 @@ async def test_a_one_message_is_consumed_in_the_store_only_once_its_bytes_left_t
     with anyio.fail_after(TIMEOUT):
         async with in_process(store=store) as server:
             consumer = await LineClient.open(server.port)
-            assert await consumer.request({"command": "subscribe", "topic": "jobs"}) == {
-                "success": True
-            }
+            assert await consumer.request(sub("jobs")) == OK
             producer = await LineClient.open(server.port)
             for _ in range(n):
-                assert await producer.request(send_cmd("jobs", payload, "one")) == {"success": True}
+                assert await producer.request(send("jobs", payload, "one")) == OK
             # The consumer has read nothing: the newest job is still in the
             # server's buffers, so the store still holds it for a redelivery.
             stored = {i for state in store.load().topics for i, _, _ in state.cache}
@@ -456,7 +447,7 @@ async def test_a_one_message_is_consumed_in_the_store_only_once_its_bytes_left_t
             for i in range(n):
                 assert (await consumer.read())["index"] == i
             # Everything has left; the next commit takes the consumptions along.
-            assert await producer.request(send_cmd("other", "m")) == {"success": True}
+            assert await producer.request(send("other", "m")) == OK
             assert store.cached_count() == 1  # only "other"'s message
             await producer.aclose()
             await consumer.aclose()
@@ -469,12 +460,12 @@ async def test_a_half_closed_client_gets_every_reply_held_for_a_commit() -> None
     with anyio.fail_after(TIMEOUT):
         async with in_process(store=store) as server:
             producer = await LineClient.open(server.port)
-            await producer.write(*(send_cmd("h", f"m{i}") for i in range(n)))
+            await producer.write(*(send("h", f"m{i}") for i in range(n)))
             await producer.stream.send_eof()
             replies = [await producer.read() for _ in range(n)]
             with pytest.raises(anyio.EndOfStream):  # then the server closes
                 await producer.read()
-            assert replies == [{"success": True}] * n
+            assert replies == [OK] * n
             assert store.next["h"] == n
             await producer.aclose()
 
@@ -499,9 +490,9 @@ async def test_a_quit_while_a_commit_is_released_does_not_release_later_outputs_
             async def produce(topic: str) -> None:
                 producer = await LineClient.open(server.port)
                 for start in range(0, n, 250):
-                    await producer.write(*(send_cmd(topic, "m") for _ in range(250)))
+                    await producer.write(*(send(topic, "m") for _ in range(250)))
                     for k in range(start + 1, start + 251):
-                        assert await producer.read() == {"success": True}
+                        assert await producer.read() == OK
                         # The k-th reply is written only once the k-th send is stored.
                         assert store.next[topic] >= k
                 await producer.aclose()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 import anyio
 import pytest
@@ -12,10 +11,9 @@ import pytest
 from mqcore_tcp import TCPServer
 
 from ..helpers import LineClient, in_process
+from ..wire import OK, send, sub
 
 pytestmark = pytest.mark.anyio
-
-OK = {"success": True}
 
 
 @asynccontextmanager
@@ -25,17 +23,13 @@ async def client(server: TCPServer) -> AsyncIterator[LineClient]:
         yield c
 
 
-def send(topic: str, msg: str, delivery: str = "all") -> dict[str, Any]:
-    return {"command": "send", "topic": topic, "msg": msg, "delivery": delivery}
-
-
 async def test_fan_out_to_several_subscribers() -> None:
     async with in_process() as server, client(server) as pub:
         subs = []
         async with anyio.create_task_group() as tg:
             for _ in range(5):
                 c = await LineClient.open(server.port)
-                assert await c.request({"command": "subscribe", "topic": "news"}) == OK
+                assert await c.request(sub("news")) == OK
                 subs.append(c)
             tg.cancel_scope.cancel()
         assert await pub.request(send("news", "hello")) == OK
@@ -49,7 +43,7 @@ async def test_one_reaches_exactly_one_of_several() -> None:
         subs = []
         for _ in range(4):
             c = await LineClient.open(server.port)
-            assert await c.request({"command": "subscribe", "topic": "jobs"}) == OK
+            assert await c.request(sub("jobs")) == OK
             subs.append(c)
         n = 40
         for i in range(n):
@@ -69,7 +63,7 @@ async def test_cache_replay_with_last_seen() -> None:
     async with in_process(cache_size=5) as server, client(server) as pub, client(server) as late:
         for i in range(8):
             assert await pub.request(send("t", f"m{i}")) == OK
-        await late.write({"command": "subscribe", "topic": "t", "last_seen": 4})
+        await late.write(sub("t", last_seen=4))
         replies = await late.read_n(4)
         assert replies[0] == OK
         assert [m["index"] for m in replies[1:]] == [5, 6, 7]
@@ -79,8 +73,8 @@ async def test_cache_replay_with_last_seen() -> None:
 
 async def test_pipelined_sends_are_acknowledged_and_delivered_in_order() -> None:
     n = 10_000
-    async with in_process() as server, client(server) as pub, client(server) as sub:
-        assert await sub.request({"command": "subscribe", "topic": "p"}) == OK
+    async with in_process() as server, client(server) as pub, client(server) as subscriber:
+        assert await subscriber.request(sub("p")) == OK
         async with anyio.create_task_group() as tg:
 
             async def produce() -> None:
@@ -93,7 +87,7 @@ async def test_pipelined_sends_are_acknowledged_and_delivered_in_order() -> None
 
             tg.start_soon(produce)
             assert await pub.read_n(n) == [OK] * n
-        received = await sub.read_n(n)
+        received = await subscriber.read_n(n)
         assert [m["index"] for m in received] == list(range(n))
         assert [m["msg"] for m in received] == [str(i) for i in range(n)]
 
@@ -106,7 +100,7 @@ async def test_500_concurrent_connections() -> None:
             async def join() -> None:
                 c = await LineClient.open(server.port)
                 conns.append(c)
-                assert await c.request({"command": "subscribe", "topic": "all"}) == OK
+                assert await c.request(sub("all")) == OK
 
             async with anyio.create_task_group() as tg:
                 for _ in range(500):
@@ -135,8 +129,8 @@ async def test_slow_subscriber_is_disconnected_while_others_keep_receiving() -> 
         client(server) as slow,
         client(server) as fast,
     ):
-        assert await slow.request({"command": "subscribe", "topic": "s"}) == OK
-        assert await fast.request({"command": "subscribe", "topic": "s"}) == OK
+        assert await slow.request(sub("s")) == OK
+        assert await fast.request(sub("s")) == OK
         got: list[int] = []
         for _ in range(0, n, 100):
             # The fast subscriber keeps up batch by batch; the slow one never reads.
@@ -167,7 +161,7 @@ async def test_quit_flushes_then_closes() -> None:
 
 async def test_half_closed_client_still_gets_its_replies() -> None:
     async with in_process() as server, client(server) as c:
-        await c.write({"command": "subscribe", "topic": "h"}, send("h", "m"))
+        await c.write(sub("h"), send("h", "m"))
         await c.stream.send_eof()
         assert await c.read_n(3) == [OK, {**send("h", "m"), "index": 0}, OK]
         with pytest.raises(anyio.EndOfStream):
@@ -179,7 +173,7 @@ async def test_graceful_shutdown_flushes_and_closes_connections() -> None:
     async with anyio.create_task_group() as tg:
         await tg.start(server.serve)
         async with client(server) as c:
-            assert await c.request({"command": "subscribe", "topic": "g"}) == OK
+            assert await c.request(sub("g")) == OK
             server.shutdown()
             with anyio.fail_after(10), pytest.raises(anyio.EndOfStream):
                 await c.read()
@@ -192,7 +186,7 @@ async def test_bad_input_does_not_disturb_other_clients() -> None:
         client(server) as bad,
         client(server) as good,
     ):
-        assert await good.request({"command": "subscribe", "topic": "b"}) == OK
+        assert await good.request(sub("b")) == OK
         await bad.stream.send(b"\xff\n{\n[]\n" + b"y" * 5000 + b"\n")
         assert [r["reason"] for r in await bad.read_n(4)] == [
             "Could not decode input as UTF-8",
@@ -208,7 +202,7 @@ async def test_one_never_goes_to_a_closed_connection() -> None:
     async with in_process() as server, client(server) as pub, client(server) as stay:
         gone = await LineClient.open(server.port)
         for c in (gone, stay):
-            assert await c.request({"command": "subscribe", "topic": "w"}) == OK
+            assert await c.request(sub("w")) == OK
         await gone.stream.send(b"quit\n")
         with pytest.raises(anyio.EndOfStream):
             await gone.read()

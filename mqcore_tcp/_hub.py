@@ -1,0 +1,307 @@
+"""The hub: one broker, its commit pipeline and the live connections, whatever their transport.
+
+Theory of operation. A transport registers each accepted connection
+(:meth:`Hub.connect`, with an object satisfying
+:class:`~mqcore_tcp._connection.Connection`), feeds what it reads
+(:meth:`Hub.receive`, then :meth:`Hub.flush` once per batch of reads), and
+reports the end of input (:meth:`Hub.receive_eof`), bytes handed to the
+kernel (:meth:`Hub.sent`) and the end of the connection
+(:meth:`Hub.disconnected`). The hub takes the broker's output and applies
+it, through the commit pipeline when the broker is durable: each
+connection's chunks are written, then closes are started. The hub imports no
+transport.
+
+Memory bound. Before the hub writes chunks to a connection it sums their
+lengths (the chunks are bytes objects shared between subscribers: summing
+is free, joining is not). Within ``max_queued_bytes`` they are written at
+once, as one write. Past it (a replay of a large cache, repeated) they are
+written in pieces of at most ``max_queued_bytes``, checking after each
+piece; once more than ``max_queued_bytes`` wait unsent the connection is
+dropped as a slow consumer, so no connection ever makes the server build or
+hold much more than twice that for it.
+
+Durability of consumption. A durable broker lists, in
+:attr:`mqcore.Output.after_write`, records saying that ``one`` messages were
+consumed; they may be stored only once the bytes carrying those messages
+left the server. The hub counts every byte it writes to a connection and
+notes, with each such list, how many bytes had been written when it came;
+the list is stored once the connection reports that many bytes sent
+(written minus :attr:`Connection.queued`). When a connection is dropped or
+lost with those bytes unsent, the list is discarded: the store still holds
+those messages, and they are delivered again after a restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import uuid
+from collections import deque
+from collections.abc import Callable
+from typing import Final
+
+import anyio
+
+from mqcore import Broker, ConnectionId, Output, Record, Store, StoreError
+
+from ._commit import Committer, committer_for
+from ._config import ServerConfig
+from ._connection import Connection
+
+__all__ = ["SHUTDOWN_GRACE", "Hub"]
+
+log = logging.getLogger("mqcore_tcp")
+
+#: How long a graceful stop waits for the store, then for owed bytes to be written.
+SHUTDOWN_GRACE: Final = 5.0
+
+
+class _Link:
+    """The hub's side of one connection: the connection and what awaits its bytes."""
+
+    __slots__ = ("confirms", "conn", "peer", "written")
+
+    def __init__(self, conn: Connection, peer: str) -> None:
+        self.conn = conn
+        self.peer = peer
+        # Bytes ever written to the connection.
+        self.written = 0
+        # (bytes written when they came, after-write records), oldest first.
+        self.confirms: deque[tuple[int, list[Record]]] = deque()
+
+
+class Hub:
+    """Owns the broker, the commit pipeline and the connections of every transport.
+
+    With a ``store`` the broker is restored from it and made durable, and
+    every output passes through a :class:`~mqcore_tcp._commit.Committer`.
+    Give a ``store`` or a ready ``broker``, not both. The caller opens and
+    closes the store.
+    """
+
+    def __init__(
+        self, config: ServerConfig, *, broker: Broker | None = None, store: Store | None = None
+    ) -> None:
+        if broker is not None and store is not None:
+            raise ValueError("give a store or a broker, not both")
+        self.max_queued_bytes: Final = config.max_queued_bytes
+        self.broker: Final = broker if broker is not None else _new_broker(config, store)
+        self._committer: Committer | None = (
+            None if store is None else committer_for(store, self._apply)
+        )
+        self._links: dict[ConnectionId, _Link] = {}
+        self._idle = anyio.Event()
+
+    # -- the transports' side ---------------------------------------------------------
+
+    @property
+    def durable(self) -> bool:
+        """Whether outputs wait for a store (then transports report every drain: :meth:`sent`)."""
+        return self._committer is not None
+
+    def connect(self, conn: Connection, peer: str) -> ConnectionId:
+        """Register a new connection (``peer`` names it in logs); return its id."""
+        cid = self.broker.open_connection()
+        self._links[cid] = _Link(conn, peer)
+        log.debug("connection %d from %s", cid, peer)
+        return cid
+
+    def receive(self, cid: ConnectionId, data: bytes) -> None:
+        """Feed bytes read from ``cid``; call :meth:`flush` after a batch of reads."""
+        self.broker.receive_data(cid, data)
+
+    def flush(self) -> None:
+        """Apply (through the commit pipeline, if durable) everything the broker produced."""
+        self._dispatch(self.broker.take_output())
+
+    def receive_eof(self, cid: ConnectionId) -> None:
+        """``cid`` will send nothing more: it gets what it is owed, then is closed.
+
+        It gets no new deliveries (a ``one`` message must not go to a peer that
+        may be gone). The close follows its replies through the commit
+        pipeline like a ``quit``.
+        """
+        self.flush()
+        receive_eof = getattr(self.broker, "receive_eof", None)  # TODO(merge): core API
+        if receive_eof is not None:
+            receive_eof(cid)
+            self.flush()
+            return
+        self.broker.connection_lost(cid)
+        self._dispatch(Output(close=[cid]))
+
+    def sent(self, cid: ConnectionId) -> None:
+        """Some bytes written to ``cid`` were handed to the kernel (its ``queued`` went down)."""
+        link = self._links.get(cid)
+        if link is not None and link.confirms:
+            self._confirm(link)
+
+    def disconnected(self, cid: ConnectionId) -> None:
+        """``cid`` is closed, however it ended; idempotent."""
+        link = self._links.pop(cid, None)
+        if link is None:
+            return
+        self._forget(cid, link)
+        log.debug("connection %d from %s closed", cid, link.peer)
+
+    @property
+    def backlogged(self) -> bool:
+        """True while transports should stop reading (the store is behind)."""
+        committer = self._committer
+        return committer is not None and committer.backlogged
+
+    async def wait_for_room(self) -> None:
+        """Wait until the store has caught up enough to read again."""
+        if self._committer is not None:
+            await self._committer.wait_for_room()
+
+    # -- the server's side ------------------------------------------------------------
+
+    async def run(self, on_store_failure: Callable[[], None]) -> None:
+        """Run the commit pipeline (if durable) until cancelled; log a store failure, call back."""
+        if self._committer is None:
+            return
+        try:
+            await self._committer.run()
+        except StoreError as exc:
+            log.error("%s; stopping, as nothing more can be acknowledged", exc)
+            on_store_failure()
+
+    @property
+    def store_error(self) -> StoreError | None:
+        """Why the store failed, if it has."""
+        return None if self._committer is None else self._committer.error
+
+    async def close(self, grace: float = SHUTDOWN_GRACE) -> None:
+        """Store what is queued, flush and close every connection; abort the rest after grace."""
+        if self._committer is not None:
+            with anyio.move_on_after(grace):
+                await self._committer.drain()
+        log.info("stopping: flushing %d connection(s)", len(self._links))
+        for link in list(self._links.values()):
+            link.conn.close_when_flushed()
+        self._idle = anyio.Event()
+        with anyio.move_on_after(grace):
+            if self._links:
+                await self._idle.wait()
+        self.abort_all()
+
+    def abort_all(self) -> None:
+        """Close every connection now, dropping anything unsent."""
+        for cid, link in list(self._links.items()):
+            self._drop(cid, link)
+
+    # -- applying output ----------------------------------------------------------------
+
+    def _dispatch(self, output: Output) -> None:
+        if self._committer is not None:
+            self._committer.submit(output)  # it calls _apply once the records are stored
+        elif output:
+            self._apply(output)
+
+    def _apply(self, output: Output) -> None:
+        links = self._links
+        cap = self.max_queued_bytes
+        for cid, chunks in output.writes.items():
+            link = links.get(cid)
+            if link is None:
+                continue
+            size = sum(map(len, chunks))
+            if size <= cap:
+                link.written += size
+                if link.conn.write(chunks) > cap:
+                    self._overflow(cid, link)
+            else:
+                self._write_in_pieces(cid, link, chunks)
+        for cid in output.close:
+            link = links.get(cid)
+            if link is not None:
+                link.conn.close_when_flushed()
+        if output.after_write:
+            for cid, records in output.after_write.items():
+                link = links.get(cid)
+                if link is None:
+                    continue  # its bytes never left: the store keeps the messages
+                link.confirms.append((link.written, records))
+                self._confirm(link)
+
+    def _write_in_pieces(self, cid: ConnectionId, link: _Link, chunks: list[bytes]) -> None:
+        """Write more than ``max_queued_bytes`` without ever joining more than that."""
+        cap = self.max_queued_bytes
+        piece: list[bytes] = []
+        size = 0
+        for chunk in chunks:
+            if size and size + len(chunk) > cap:
+                link.written += size
+                if link.conn.write(piece) > cap:
+                    self._overflow(cid, link)
+                    return
+                piece, size = [], 0
+            piece.append(chunk)
+            size += len(chunk)
+        link.written += size
+        if link.conn.write(piece) > cap:
+            self._overflow(cid, link)
+
+    def _confirm(self, link: _Link) -> None:
+        """Store the after-write records whose bytes have left."""
+        sent = link.written - link.conn.queued
+        confirms = link.confirms
+        ready: list[Record] = []
+        while confirms and confirms[0][0] <= sent:
+            ready += confirms.popleft()[1]
+        if ready and self._committer is not None:
+            self._committer.store_later(ready)
+
+    def _overflow(self, cid: ConnectionId, link: _Link) -> None:
+        log.warning(
+            "connection %d from %s: disconnected, %d bytes queued exceed the limit of %d "
+            "(it is not reading)",
+            cid,
+            link.peer,
+            link.conn.queued,
+            self.max_queued_bytes,
+        )
+        self._drop(cid, link)
+
+    def _drop(self, cid: ConnectionId, link: _Link) -> None:
+        if self._links.pop(cid, None) is None:
+            return
+        self._forget(cid, link)
+        link.conn.abort()
+
+    def _forget(self, cid: ConnectionId, link: _Link) -> None:
+        self.broker.connection_lost(cid)
+        if link.confirms:
+            self._confirm(link)  # what did leave
+            if link.confirms:
+                log.debug(
+                    "connection %d: %d consumption record(s) not stored, their bytes never left",
+                    cid,
+                    sum(len(records) for _, records in link.confirms),
+                )
+            link.confirms.clear()
+        if not self._links:
+            self._idle.set()
+
+
+def _new_broker(config: ServerConfig, store: Store | None) -> Broker:
+    snapshot = None if store is None else store.load()
+    broker = Broker(
+        cache_size=config.cache_size,
+        max_line_bytes=config.max_line_bytes,
+        max_topics=config.max_topics,
+        max_cache_bytes=config.max_cache_bytes,
+        choose=random.Random().randrange,
+        durable=snapshot is not None,
+        # In memory, numbering starts from 0 at every start: a new epoch.
+        epoch=uuid.uuid4().hex if snapshot is None else snapshot.epoch,
+    )
+    if store is not None and snapshot is not None:
+        broker.restore(snapshot.topics)
+        # Restoring may trim caches (a smaller cache size or byte budget than
+        # last run): store that first.
+        records = broker.take_output().records
+        if records:
+            store.apply(records)
+    return broker

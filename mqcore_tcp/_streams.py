@@ -1,0 +1,145 @@
+"""The anyio byte-stream path: a reader and a writer task per connection (trio, any stream).
+
+The reader feeds the hub and applies its output once per read; the writer
+sends everything owed in one write per wake-up. Closing (``quit``, end of
+input, shutdown) sends what is owed, ends the write side and waits for the
+peer to end its side (the reader discards what it still reads), all within
+:data:`CLOSE_TIMEOUT`: closing with unread input would make the kernel send
+a reset that can destroy replies the peer has not read yet.
+
+Accepting backs off when descriptors run out (see ``_accept``).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from typing import Final
+
+import anyio
+import anyio.abc
+from anyio.abc import SocketAttribute
+
+from mqcore import ConnectionId
+
+from ._accept import CLOSE_TIMEOUT, AcceptBackoff, keep_alive, peer_name
+from ._hub import Hub
+
+__all__ = ["READ_SIZE", "StreamConnection", "serve_listener", "serve_stream"]
+
+log = logging.getLogger("mqcore_tcp")
+
+#: How much one receive() may return: large reads mean fewer, larger batches.
+READ_SIZE: Final = 256 << 10
+
+_GONE = (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError)
+
+
+class StreamConnection:
+    """One connection's write side on an anyio byte stream."""
+
+    def __init__(self, stream: anyio.abc.ByteStream) -> None:
+        self.stream = stream
+        self._queue: list[bytes] = []
+        self._queued = 0
+        self._wake = anyio.Event()
+        self._closing = False
+        self._ended = anyio.Event()  # the peer ended its side
+        self.scope = anyio.CancelScope()
+
+    @property
+    def queued(self) -> int:
+        return self._queued
+
+    def write(self, chunks: list[bytes]) -> int:
+        self._queue += chunks
+        self._queued += sum(map(len, chunks))
+        self._wake.set()
+        return self._queued
+
+    def close_when_flushed(self) -> None:
+        if not self._closing:
+            self._closing = True
+            self.scope.deadline = anyio.current_time() + CLOSE_TIMEOUT
+            self._wake.set()
+
+    def abort(self) -> None:
+        self._closing = True
+        self.scope.cancel()
+
+    async def read_loop(self, hub: Hub, cid: ConnectionId) -> None:
+        """Feed the hub until the peer ends its side; then only discard."""
+        receive = self.stream.receive
+        while True:
+            try:
+                data = await receive(READ_SIZE)
+            except _GONE:
+                break
+            if self._closing:
+                continue
+            hub.receive(cid, data)
+            hub.flush()
+            if hub.backlogged:
+                # The store is behind: stop reading, so TCP slows the senders.
+                await hub.wait_for_room()
+        self._ended.set()
+        if not self._closing:
+            hub.receive_eof(cid)
+
+    async def write_loop(self, hub: Hub, cid: ConnectionId) -> None:
+        """Send what is owed, one write per wake-up; end the write side when closing."""
+        stream = self.stream
+        try:
+            while True:
+                if self._queue:
+                    # Bounded: the hub drops the connection past max_queued_bytes.
+                    data = b"".join(self._queue)
+                    self._queue = []
+                    await stream.send(data)
+                    self._queued -= len(data)
+                    hub.sent(cid)
+                elif self._closing:
+                    break
+                else:
+                    self._wake = anyio.Event()
+                    await self._wake.wait()
+            await stream.send_eof()
+            await self._ended.wait()
+        except (*_GONE, NotImplementedError, OSError):
+            pass  # gone, or the peer reset it before the end
+        self.scope.cancel()
+
+
+async def serve_stream(hub: Hub, stream: anyio.abc.ByteStream, peer: str) -> None:
+    """Serve one connection on ``stream`` until it ends; closes the stream."""
+    conn = StreamConnection(stream)
+    cid = hub.connect(conn, peer)
+    try:
+        with conn.scope:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(conn.write_loop, hub, cid)
+                await conn.read_loop(hub, cid)
+    finally:
+        hub.disconnected(cid)
+        with anyio.CancelScope(shield=True):
+            await stream.aclose()
+
+
+async def serve_listener(
+    hub: Hub,
+    listener: anyio.abc.SocketListener,
+    name: str,
+    task_group: anyio.abc.TaskGroup,
+) -> None:
+    """Accept from ``listener`` until cancelled; serve each connection in ``task_group``."""
+    backoff = AcceptBackoff(name)
+    while True:
+        stream = await backoff.accept(listener.accept)
+        try:
+            raw: socket.socket = stream.extra(SocketAttribute.raw_socket)
+            keep_alive(raw)
+            peer = peer_name(stream.extra(SocketAttribute.remote_address, ""))
+        except OSError:  # it went away already (getpeername: not connected)
+            await stream.aclose()
+            continue
+        task_group.start_soon(serve_stream, hub, stream, peer)
