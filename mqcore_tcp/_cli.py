@@ -17,6 +17,7 @@ from mqcore import (
     DEFAULT_CACHE_SIZE,
     DEFAULT_MAX_CACHE_BYTES,
     DEFAULT_MAX_LINE_BYTES,
+    DEFAULT_MAX_TOPIC_BYTES,
     DEFAULT_MAX_TOPICS,
     StoreError,
     __version__,
@@ -143,8 +144,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--max-topics",
         type=_positive,
         default=DEFAULT_MAX_TOPICS,
-        help="most topics that may exist; a send or subscribe that would create one more "
-        "is answered 'Too many topics' (default: %(default)s)",
+        help="most topics that may exist; a new topic first evicts the topic that has had "
+        "no subscribers for longest, and is answered 'Too many topics' only when every "
+        "topic has subscribers (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-topic-bytes",
+        type=_positive,
+        default=DEFAULT_MAX_TOPIC_BYTES,
+        help="longest topic name, in UTF-8 bytes; a longer one is answered "
+        "'Topic name too long' (default: %(default)s)",
     )
     parser.add_argument(
         "--max-cache-bytes",
@@ -225,6 +234,7 @@ def config_of(args: argparse.Namespace) -> ServerConfig:
         max_line_bytes=args.max_line_bytes,
         max_queued_bytes=args.max_queued_bytes,
         max_topics=args.max_topics,
+        max_topic_bytes=args.max_topic_bytes,
         max_cache_bytes=args.max_cache_bytes,
     )
 

@@ -9,6 +9,7 @@ from mqcore import (
     DEFAULT_CACHE_SIZE,
     DEFAULT_MAX_CACHE_BYTES,
     DEFAULT_MAX_LINE_BYTES,
+    DEFAULT_MAX_TOPIC_BYTES,
     DEFAULT_MAX_TOPICS,
 )
 
@@ -34,6 +35,7 @@ class ServerConfig:
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
     max_queued_bytes: int = DEFAULT_MAX_QUEUED_BYTES
     max_topics: int = DEFAULT_MAX_TOPICS
+    max_topic_bytes: int = DEFAULT_MAX_TOPIC_BYTES
     max_cache_bytes: int = DEFAULT_MAX_CACHE_BYTES
 
     def urls(self) -> tuple[str, ...]:

@@ -121,14 +121,8 @@ class Hub:
         may be gone). The close follows its replies through the commit
         pipeline like a ``quit``.
         """
+        self.broker.receive_eof(cid)
         self.flush()
-        receive_eof = getattr(self.broker, "receive_eof", None)  # TODO(merge): core API
-        if receive_eof is not None:
-            receive_eof(cid)
-            self.flush()
-            return
-        self.broker.connection_lost(cid)
-        self._dispatch(Output(close=[cid]))
 
     def sent(self, cid: ConnectionId) -> None:
         """Some bytes written to ``cid`` were handed to the kernel (its ``queued`` went down)."""
@@ -291,6 +285,7 @@ def _new_broker(config: ServerConfig, store: Store | None) -> Broker:
         cache_size=config.cache_size,
         max_line_bytes=config.max_line_bytes,
         max_topics=config.max_topics,
+        max_topic_bytes=config.max_topic_bytes,
         max_cache_bytes=config.max_cache_bytes,
         choose=random.Random().randrange,
         durable=snapshot is not None,
@@ -298,7 +293,7 @@ def _new_broker(config: ServerConfig, store: Store | None) -> Broker:
         epoch=uuid.uuid4().hex if snapshot is None else snapshot.epoch,
     )
     if store is not None and snapshot is not None:
-        broker.restore(snapshot.topics)
+        broker.restore(snapshot.topics, snapshot.index_floor)
         # Restoring may trim caches (a smaller cache size or byte budget than
         # last run): store that first.
         records = broker.take_output().records
