@@ -35,7 +35,7 @@ def is_pattern(name: str) -> bool:
     """Whether ``name`` has a wildcard token (then it is a pattern, not a topic)."""
     if "*" not in name and ">" not in name:
         return False  # the common case, decided without splitting
-    return any(token == SINGLE or token == MULTI for token in name.split("."))
+    return any(token in (SINGLE, MULTI) for token in name.split("."))
 
 
 def pattern_problem(pattern: str) -> str | None:

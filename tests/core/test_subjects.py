@@ -44,7 +44,14 @@ def test_is_pattern(name: str, pattern: bool) -> None:
 
 @pytest.mark.parametrize(
     ("pattern", "ok"),
-    [("a.*", True), ("a.>", True), ("*.*.>", True), ("a..*", False), ("a.>.b", False), (".*", False)],
+    [
+        ("a.*", True),
+        ("a.>", True),
+        ("*.*.>", True),
+        ("a..*", False),
+        ("a.>.b", False),
+        (".*", False),
+    ],
 )
 def test_pattern_problem(pattern: str, ok: bool) -> None:
     assert (pattern_problem(pattern) is None) is ok
