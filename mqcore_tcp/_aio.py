@@ -110,7 +110,7 @@ class AioConnection(asyncio.Protocol):
         hub = self.hub
         hub.receive(self.cid, data)
         self.flusher.soon()
-        if hub.backlogged and self._resume is None:
+        if self._resume is None and hub.backlogged(self.cid):
             # The store is behind: stop reading, so TCP slows the sender.
             assert self.transport is not None
             self.transport.pause_reading()
@@ -191,7 +191,7 @@ class AioConnection(asyncio.Protocol):
             self._deadline = None
 
     async def _resume_when_room(self) -> None:
-        await self.hub.wait_for_room()
+        await self.hub.wait_for_room(self.cid)
         self._resume = None
         if self.transport is not None and not self.transport.is_closing():
             self.transport.resume_reading()

@@ -28,13 +28,29 @@ Two strategies, chosen by the store (:attr:`mqcore.Store.commit_in_thread`):
   is submitted and released at once. This is measured faster: a commit of a
   few hundred messages takes a fraction of a millisecond, while a round trip
   through a thread costs more than that.
+
+Storage unavailable. A store that cannot write *for now* (disk full, file
+made read-only) raises :class:`mqcore.StoreUnavailable` and stores nothing
+of the batch. The committer then keeps the batch's outputs *held* (nothing
+in them is acknowledged or delivered), tells the hub (``on_storage(False)``:
+the broker answers every new ``send`` with ``Storage unavailable``, so no new
+work needs the store), and retries the held records with a growing delay
+(:data:`RETRY_DELAYS`). While it waits, an output without records is
+released at once, but for its writes to connections that have output held
+(a connection sees its replies in order): those are held behind. When
+a retry succeeds the held outputs are released in order and
+``on_storage(True)`` lifts the refusal. Held outputs count toward the
+bound on waiting outputs, so readers pause rather than hold without limit.
+Any other :class:`mqcore.StoreError` is fatal: :attr:`Committer.error`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import Callable
 from typing import Final
 
@@ -43,10 +59,11 @@ import anyio.from_thread
 import anyio.lowlevel
 import anyio.to_thread
 
-from mqcore import Output, Record, Store, StoreError
+from mqcore import ConnectionId, Output, Record, Store, StoreError, StoreUnavailable
 
 __all__ = [
     "MAX_QUEUED_OUTPUTS",
+    "RETRY_DELAYS",
     "Committer",
     "InlineCommitter",
     "ThreadedCommitter",
@@ -58,15 +75,29 @@ __all__ = [
 #: held while the disk is slow; TCP then pushes back on the senders.
 MAX_QUEUED_OUTPUTS: Final = 256
 
+#: Seconds between retries of a store that is unavailable: growing, then the last, repeated.
+RETRY_DELAYS: Final = (0.1, 0.25, 0.5, 1.0, 2.0)
+
 Release = Callable[[Output], None]
+#: Told False when the store becomes unavailable, True when it is back.
+StorageCallback = Callable[[bool], None]
+
+log = logging.getLogger("mqcore_tcp")
+
+
+def _noop_storage(available: bool) -> None:
+    pass
 
 
 class Committer(ABC):
     """What both strategies share: the store, the release callback, failure."""
 
-    def __init__(self, store: Store, release: Release) -> None:
+    def __init__(
+        self, store: Store, release: Release, on_storage: StorageCallback = _noop_storage
+    ) -> None:
         self._store = store
         self._release = release
+        self._on_storage = on_storage
         self._lock = threading.Lock()
         # Records to store with the next commit (consumed `one` messages).
         self._later: list[Record] = []
@@ -75,6 +106,13 @@ class Committer(ABC):
         self._idle.set()
         #: Why the store failed, once it has; nothing is released after that.
         self.error: StoreError | None = None
+        #: False while the store is unavailable (outputs are held, sends refused).
+        self.available = True
+        # While unavailable: outputs waiting for the store, in order, and the
+        # connections they write to (later output for those waits behind them).
+        self._held: deque[Output] = deque()
+        self._held_cids: set[ConnectionId] = set()
+        self._retry = anyio.Event()
 
     @abstractmethod
     def submit(self, output: Output) -> None:
@@ -87,14 +125,26 @@ class Committer(ABC):
                 self._later += records
             self._wake()
 
+    def backlogged(self, cid: ConnectionId) -> bool:
+        """True while ``cid``'s reader should wait (:meth:`wait_for_room`) before reading more.
+
+        Too many outputs wait for a commit; or, while the store is
+        unavailable, the held outputs reached their bound and ``cid`` is one
+        of the connections they write to (the others, whose replies are not
+        held, go on being served).
+        """
+        if self.error is not None:
+            return False
+        return self._queue_full or (self._held_full and cid in self._held_cids)
+
     @property
-    def backlogged(self) -> bool:
-        """True while readers should wait (:meth:`wait_for_room`) before reading more."""
+    def _queue_full(self) -> bool:
+        """Whether outputs waiting for a commit (the store being slow) reached their bound."""
         return False
 
-    async def wait_for_room(self) -> None:
-        """Wait until fewer outputs wait for a commit than the bound (or the store failed)."""
-        while self.backlogged:
+    async def wait_for_room(self, cid: ConnectionId) -> None:
+        """Wait until :meth:`backlogged` is False for ``cid``."""
+        while self.backlogged(cid):
             await self._room.wait()
 
     async def drain(self) -> None:
@@ -119,33 +169,136 @@ class Committer(ABC):
         self.error = exc
         with self._lock:
             self._later = []
+        self._held.clear()
+        self._held_cids.clear()
+        self._retry.set()
         self._room.set()
         self._idle.set()
+
+    # -- while the store is unavailable ------------------------------------------------
+
+    @property
+    def _held_full(self) -> bool:
+        return len(self._held) >= MAX_QUEUED_OUTPUTS
+
+    def _become_unavailable(self, exc: StoreUnavailable, outputs: list[Output]) -> None:
+        """The store refused ``outputs``' records for now: hold them and retry."""
+        if self.available:
+            self.available = False
+            log.warning(
+                "storage unavailable (%s): sends are refused until it recovers; retrying", exc
+            )
+            self._on_storage(False)
+            if self._idle.is_set():
+                self._idle = anyio.Event()
+            self._retry.set()
+        for output in outputs:
+            self._hold(output)
+
+    def _hold(self, output: Output) -> None:
+        self._held.append(output)
+        self._held_cids.update(output.writes)
+        self._held_cids.update(output.close)
+
+    def _submit_while_unavailable(self, output: Output) -> None:
+        if output.records:
+            self._hold(output)
+            return
+        # One output carries a whole loop turn, many connections: split it, so
+        # that only the connections with output held wait.
+        held = self._held_cids
+        free, stuck = Output(), Output()
+        for cid, chunks in output.writes.items():
+            (stuck if cid in held else free).writes[cid] = chunks
+        for cid in output.close:
+            (stuck if cid in held else free).close.append(cid)
+        for cid, records in output.after_write.items():
+            (stuck if cid in held else free).after_write[cid] = records
+        if stuck:
+            self._hold(stuck)
+        if free:
+            self._release(free)
+
+    async def _retry_until_available(self) -> None:
+        """Retry the held records until the store takes them; then release the held outputs."""
+        attempt = 0
+        while not self.available and self.error is None:
+            await anyio.sleep(RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)])
+            attempt += 1
+            count = len(self._held)
+            later = self._take_later()
+            records = later + [r for output in list(self._held)[:count] for r in output.records]
+            try:
+                await self._apply_retry(records)
+            except StoreUnavailable:
+                with self._lock:
+                    self._later = later + self._later
+                continue
+            except StoreError as exc:
+                self._fail(exc)  # fatal: run() raises it
+                return
+            self._recovered(count)
+
+    def _recovered(self, count: int) -> None:
+        ready = [self._held.popleft() for _ in range(count)]
+        rest = list(self._held)
+        self._held.clear()
+        self._held_cids.clear()
+        self.available = True
+        log.warning("storage available again: %d held output(s) stored and released", count)
+        self._on_storage(True)
+        for output in ready:
+            self._release(output)
+        for output in rest:
+            self.submit(output)  # submitted meanwhile: the usual path now
+        self._room.set()
+        self._room = anyio.Event()
+        self._after_recovery()
+
+    def _after_recovery(self) -> None:
+        """What a strategy does once held outputs are released (default: nothing waits)."""
+        self._idle.set()
+
+    async def _apply_retry(self, records: list[Record]) -> None:
+        """Apply ``records`` for a retry (on the loop; the threaded strategy uses its thread)."""
+        self._store.apply(records)
 
 
 class InlineCommitter(Committer):
     """Stores each output's records on the event loop as it is submitted, then releases it."""
 
-    def __init__(self, store: Store, release: Release) -> None:
-        super().__init__(store, release)
+    def __init__(
+        self, store: Store, release: Release, on_storage: StorageCallback = _noop_storage
+    ) -> None:
+        super().__init__(store, release, on_storage)
         # Set when records wait in `_later` or the store failed.
         self._nudge = anyio.Event()
 
     def submit(self, output: Output) -> None:
         if self.error is not None:
             return  # the store failed: nothing more is acknowledged
-        if (output.records or self._later) and not self._commit(output.records):
+        if not self.available:
+            self._submit_while_unavailable(output)
+            return
+        if (output.records or self._later) and not self._commit(output):
             return
         self._release(output)
 
     def _wake(self) -> None:
         self._nudge.set()
 
-    def _commit(self, records: list[Record]) -> bool:
-        """Store ``records`` (and any records stored later) now; False if that failed."""
+    def _commit(self, output: Output | None) -> bool:
+        """Store ``output``'s records (and any stored later) now; False if it must wait."""
         later = self._take_later()
+        records = [] if output is None else output.records
         try:
             self._store.apply(later + records if later else records)
+        except StoreUnavailable as exc:
+            with self._lock:
+                self._later = later + self._later
+            self._become_unavailable(exc, [] if output is None else [output])
+            self._nudge.set()
+            return False
         except StoreError as exc:
             self._fail(exc)
             self._nudge.set()
@@ -158,8 +311,10 @@ class InlineCommitter(Committer):
             self._nudge = anyio.Event()
             # Give the outputs of this loop turn a chance to carry these records along.
             await anyio.lowlevel.checkpoint()
+            if not self.available:
+                await self._retry_until_available()
             if self._later and self.error is None:
-                self._commit([])
+                self._commit(None)
             if self.error is not None:
                 raise self.error
 
@@ -168,9 +323,14 @@ class ThreadedCommitter(Committer):
     """Stores queued outputs' records in a worker thread, one transaction per batch."""
 
     def __init__(
-        self, store: Store, release: Release, *, max_queued_outputs: int = MAX_QUEUED_OUTPUTS
+        self,
+        store: Store,
+        release: Release,
+        on_storage: StorageCallback = _noop_storage,
+        *,
+        max_queued_outputs: int = MAX_QUEUED_OUTPUTS,
     ) -> None:
-        super().__init__(store, release)
+        super().__init__(store, release, on_storage)
         self._max_queued = max_queued_outputs
         # Shared with the worker thread, under the lock: what awaits a commit.
         self._work = threading.Condition(self._lock)
@@ -183,6 +343,9 @@ class ThreadedCommitter(Committer):
     def submit(self, output: Output) -> None:
         if self.error is not None:
             return
+        if not self.available:
+            self._submit_while_unavailable(output)
+            return
         if not output.records and not self._pending:
             self._release(output)  # nothing to store, nothing to wait behind
             return
@@ -194,8 +357,8 @@ class ThreadedCommitter(Committer):
             self._idle = anyio.Event()
 
     @property
-    def backlogged(self) -> bool:
-        return self._pending >= self._max_queued and self.error is None
+    def _queue_full(self) -> bool:
+        return self._pending >= self._max_queued
 
     def _wake(self) -> None:
         with self._lock:
@@ -203,7 +366,10 @@ class ThreadedCommitter(Committer):
 
     async def run(self) -> None:
         try:
-            await anyio.to_thread.run_sync(self._worker, abandon_on_cancel=True)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._retry_loop)
+                await anyio.to_thread.run_sync(self._worker, abandon_on_cancel=True)
+                tg.cancel_scope.cancel()
         finally:
             with self._lock:
                 self._stopping = True
@@ -218,7 +384,11 @@ class ThreadedCommitter(Committer):
         try:
             while True:
                 with self._lock:
-                    while not (self._queue or self._later or self._stopping):
+                    # While the store is unavailable the event loop retries
+                    # (the worker would only spin on the same failure).
+                    while not self._stopping and (
+                        not self.available or not (self._queue or self._later)
+                    ):
                         self._work.wait()
                     if self._stopping:
                         return
@@ -228,6 +398,11 @@ class ThreadedCommitter(Committer):
                 try:
                     if records:
                         self._store.apply(records)
+                except StoreUnavailable as exc:
+                    with self._lock:
+                        self._later = later + self._later
+                    anyio.from_thread.run_sync(self._unavailable_batch, exc, batch)
+                    continue
                 except StoreError as exc:
                     anyio.from_thread.run_sync(self._fail_batch, exc)
                     return
@@ -249,6 +424,39 @@ class ThreadedCommitter(Committer):
         if not self._pending:
             self._idle.set()
 
+    def _unavailable_batch(self, exc: StoreUnavailable, batch: list[Output]) -> None:
+        # The batch and whatever queued behind it are held until a retry
+        # succeeds; the worker idles meanwhile (nothing reaches its queue).
+        with self._lock:
+            queued, self._queue = self._queue, []
+        self._pending -= len(batch) + len(queued)
+        self._become_unavailable(exc, [])
+        # In order: outputs with records are held; of the others, only the
+        # writes to connections with output held wait behind them.
+        for output in batch + queued:
+            self._submit_while_unavailable(output)
+        # Readers paused behind the queue re-check: only those of held
+        # connections keep waiting.
+        self._room.set()
+        self._room = anyio.Event()
+
+    async def _retry_loop(self) -> None:
+        while self.error is None:
+            await self._retry.wait()
+            self._retry = anyio.Event()
+            await self._retry_until_available()
+        with self._lock:  # failed for good: stop the worker, so run() raises
+            self._stopping = True
+            self._work.notify()
+
+    async def _apply_retry(self, records: list[Record]) -> None:
+        await anyio.to_thread.run_sync(self._store.apply, records)
+
+    def _after_recovery(self) -> None:
+        self._wake()  # the worker waits while the store is unavailable
+        if not self._pending:
+            self._idle.set()
+
     def _fail_batch(self, exc: StoreError) -> None:
         with self._lock:
             self._queue = []
@@ -256,8 +464,10 @@ class ThreadedCommitter(Committer):
         self._fail(exc)
 
 
-def committer_for(store: Store, release: Release) -> Committer:
+def committer_for(
+    store: Store, release: Release, on_storage: StorageCallback = _noop_storage
+) -> Committer:
     """The strategy ``store`` asks for (:attr:`mqcore.Store.commit_in_thread`)."""
     if store.commit_in_thread:
-        return ThreadedCommitter(store, release)
-    return InlineCommitter(store, release)
+        return ThreadedCommitter(store, release, on_storage)
+    return InlineCommitter(store, release, on_storage)

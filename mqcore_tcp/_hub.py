@@ -87,7 +87,7 @@ class Hub:
         self.max_queued_bytes: Final = config.max_queued_bytes
         self.broker: Final = broker if broker is not None else _new_broker(config, store)
         self._committer: Committer | None = (
-            None if store is None else committer_for(store, self._apply)
+            None if store is None else committer_for(store, self._apply, self._storage_changed)
         )
         self._links: dict[ConnectionId, _Link] = {}
         self._idle = anyio.Event()
@@ -138,16 +138,15 @@ class Hub:
         self._forget(cid, link)
         log.debug("connection %d from %s closed", cid, link.peer)
 
-    @property
-    def backlogged(self) -> bool:
-        """True while transports should stop reading (the store is behind)."""
+    def backlogged(self, cid: ConnectionId) -> bool:
+        """True while the transport should stop reading ``cid`` (the store is behind)."""
         committer = self._committer
-        return committer is not None and committer.backlogged
+        return committer is not None and committer.backlogged(cid)
 
-    async def wait_for_room(self) -> None:
-        """Wait until the store has caught up enough to read again."""
+    async def wait_for_room(self, cid: ConnectionId) -> None:
+        """Wait until the store has caught up enough to read ``cid`` again."""
         if self._committer is not None:
-            await self._committer.wait_for_room()
+            await self._committer.wait_for_room(cid)
 
     # -- the server's side ------------------------------------------------------------
 
@@ -160,6 +159,16 @@ class Hub:
         except StoreError as exc:
             log.error("%s; stopping, as nothing more can be acknowledged", exc)
             on_store_failure()
+
+    def _storage_changed(self, available: bool) -> None:
+        # Sends are refused ("Storage unavailable") while the store cannot
+        # take them; `hello` reports it.
+        self.broker.set_storage_available(available)
+
+    @property
+    def storage_available(self) -> bool:
+        """False while a durable store cannot write (sends are refused meanwhile)."""
+        return self._committer is None or self._committer.available
 
     @property
     def store_error(self) -> StoreError | None:

@@ -79,9 +79,9 @@ class StreamConnection:
                 continue
             hub.receive(cid, data)
             hub.flush()
-            if hub.backlogged:
+            if hub.backlogged(cid):
                 # The store is behind: stop reading, so TCP slows the senders.
-                await hub.wait_for_room()
+                await hub.wait_for_room(cid)
         self._ended.set()
         if not self._closing:
             hub.receive_eof(cid)
