@@ -133,14 +133,13 @@ class Commands:
             return
         self._emit(conn, SUCCESS)
         if command.cache and self._caching:
-            for topic in table.matching(pattern):
-                if topic.cache:
-                    self._replay(conn, topic, -1)
-                    if not topic.cache and not topic.subscribers:
-                        # Its last `one` messages were consumed: nothing left to
-                        # keep. The store keeps them until their bytes are written.
-                        topic.waiting = self._journal is not None
-                        table.forget(topic)
+            for topic in table.cached_matching(pattern):
+                self._replay(conn, topic, -1)
+                if not topic.cache and not topic.subscribers:
+                    # Its last `one` messages were consumed: nothing left to
+                    # keep. The store keeps them until their bytes are written.
+                    topic.waiting = self._journal is not None
+                    table.forget(topic)
 
     def _replay(self, conn: Connection, topic: Topic, last_seen: int) -> None:
         """Hand ``conn`` the cached messages of ``topic`` after ``last_seen``."""

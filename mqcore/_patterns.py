@@ -29,9 +29,12 @@ one or more trailing tokens). Rules:
 - **Replay.** A subscribe to a pattern (with ``cache``) replays every
   matching topic's cache, topics in name order, each in index order; it
   consumes the ``one`` messages it replays, as an exact replay does. The
-  matching topics are found in a trie of topic names (:class:`TopicIndex`),
-  built at the first pattern subscribe and kept up to date from then on: a
-  replay walks the names the pattern can reach, never every topic.
+  matching topics are found in a trie of the names of the topics that cache
+  something (:class:`TopicIndex`), built at the first pattern replay and kept
+  up to date from then on (a topic enters when its cache stops being empty
+  and leaves when it empties): a replay walks only names the pattern can
+  reach, and every topic it finds holds at least one message to replay, so
+  its work is bounded per replayed message, never per topic.
 - **Bounds.** A pattern is a topic name, so it is bounded by
   ``max_topic_bytes``; pattern subscriptions over the whole broker are bounded
   by ``max_topics`` (past it: ``Too many pattern subscriptions``). Pattern
@@ -42,7 +45,7 @@ one or more trailing tokens). Rules:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable
 from typing import Final
 
 from ._connection import Connection
@@ -195,7 +198,7 @@ class _NameNode:
 
 
 class TopicIndex:
-    """The names of every topic, in a trie by token: which topics a pattern matches.
+    """Topics by name, in a trie by token: which topics a pattern matches.
 
     Adding or removing a topic costs O(its tokens); :meth:`matching` visits
     only the trie nodes the pattern can reach.
@@ -203,7 +206,7 @@ class TopicIndex:
 
     __slots__ = ("_root",)
 
-    def __init__(self, topics: Iterator[Topic]) -> None:
+    def __init__(self, topics: Iterable[Topic]) -> None:
         self._root = _NameNode()
         for topic in topics:
             self.add(topic)

@@ -128,29 +128,31 @@ class TopicTable:
 
     def _add(self, name: str, next_index: int) -> Topic:
         topic = self.by_name[name] = self.idle[name] = Topic(name, self.cache_size, next_index)
-        if self.names is not None:
-            self.names.add(topic)
         return topic
 
-    def matching(self, pattern: str) -> list[Topic]:
-        """The topics matching the well-formed ``pattern``, in name order."""
+    def cached_matching(self, pattern: str) -> list[Topic]:
+        """The topics with a cache that the well-formed ``pattern`` matches, in name order."""
         if self.names is None:
             # Once, at the first pattern replay; kept up to date from then on.
-            self.names = TopicIndex(iter(self.by_name.values()))
+            self.names = TopicIndex(t for t in self.by_name.values() if t.cache)
         return self.names.matching(pattern)
+
+    def _uncached(self, topic: Topic) -> None:
+        """``topic``'s cache may have emptied: out of the index of cached topics, if so."""
+        if not topic.cache and self.names is not None:
+            self.names.remove(topic)
 
     def forget(self, topic: Topic) -> None:
         """Drop ``topic`` and its cache; raise the floor to its next index."""
         name = topic.name
         del self.by_name[name]
         self.idle.pop(name, None)
-        if self.names is not None:
-            self.names.remove(topic)
         if topic.next_index > self.index_floor:
             self.index_floor = topic.next_index
         entries = list(topic.cache)
         topic.cache.clear()
         self._uncache(entries)
+        self._uncached(topic)
         if self._journal is not None:
             self._journal.forgotten(
                 name, topic.next_index, [e.index for e in entries], topic.waiting
@@ -211,6 +213,8 @@ class TopicTable:
         The caller then calls :meth:`shrink` if over ``max_cache_bytes``.
         """
         cache = topic.cache
+        if not cache and self.names is not None:
+            self.names.add(topic)
         if len(cache) == self.cache_size:
             # The deque drops its oldest entry as this one goes in.
             old = cache[0]
@@ -231,6 +235,7 @@ class TopicTable:
         """Take the replayed ``one`` messages ``consumed`` out of ``topic``'s cache."""
         self._uncache(consumed)
         topic.cache = deque((e for e in topic.cache if not e.gone), maxlen=self.cache_size)
+        self._uncached(topic)
 
     def _uncache(self, entries: Iterable[Entry]) -> None:
         for entry in entries:
@@ -256,6 +261,8 @@ class TopicTable:
             self._uncache([entry])
             if not topic.cache and not topic.subscribers:
                 self.forget(topic)
+            else:
+                self._uncached(topic)
 
     # -- restore ------------------------------------------------------------------
 
@@ -270,6 +277,7 @@ class TopicTable:
             topic.next_index = max(state.next_index, entries[-1][0] + 1 if entries else 0)
             self._uncache(list(topic.cache))
             topic.cache.clear()
+            self._uncached(topic)
             dropped = entries[: max(0, len(entries) - self.cache_size)]
             if self._journal is not None and dropped:
                 self._journal.trim(state.topic, dropped[-1][0] + 1)

@@ -330,3 +330,30 @@ def test_idle_topics_evicted_for_room_while_patterns_replay() -> None:
     out = h.take(c)
     assert out[:2] == [delivered("e.9", "9", 2), OK]  # numbered from the floor
     assert [m["topic"] for m in out[2:]] == ["e.4", "e.5", "e.9"]
+
+
+def test_index_of_cached_topics_follows_every_way_a_cache_fills_or_empties() -> None:
+    """Sends, byte and count eviction, consumption, forgetting: the index stays exact."""
+    rng = random.Random(7)
+    broker = Broker(max_topics=12, cache_size=3, max_cache_bytes=2_000)
+    h = Harness(broker)
+    conns = [h.connect() for _ in range(4)]
+    h.send(conns[0], sub("warm.*"))  # builds the index early
+    names = [f"{a}.{b}" for a in "xyz" for b in "abcde"]
+    for _ in range(600):
+        c = rng.choice(conns)
+        name = rng.choice(names)
+        op = rng.random()
+        if op < 0.5:
+            h.send(c, send(name, "m" * rng.randint(1, 200), rng.choice(["all", "one"])))
+        elif op < 0.65:
+            h.send(c, sub(name))
+        elif op < 0.8:
+            h.send(c, unsub(name))
+        elif op < 0.9:
+            h.send(c, sub(rng.choice(["x.*", "*.a", ">"]), cache=rng.random() < 0.5))
+        else:
+            h.send(c, unsub(rng.choice(["x.*", "*.a", ">"])))
+        table = broker._table
+        expected = sorted(t.name for t in table.by_name.values() if t.cache)
+        assert [t.name for t in table.cached_matching(">")] == expected
