@@ -28,14 +28,12 @@ nothing). Cases, each with ``N = --subscribers``:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict
 
 from mqcore import Broker
 
-from .core_bench import CaseResult, _chunks, _send_line, _timed
+from .core_bench import CaseResult, _chunks, _send_line, _timed, report
 
 __all__ = ["main", "run_cases"]
 
@@ -113,18 +111,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     duration = 0.2 if args.quick else args.duration
     results = run_cases(duration, args.subscribers)
-    print(f"{'wildcard case':<18} {'best':>12} {'median':>12}  unit")
-    for r in results:
-        print(f"{r.name:<18} {r.rate:>12,.0f} {r.median_rate:>12,.0f}  {r.unit}")
-    if args.json:
-        report = {
-            "python": sys.version.split()[0],
-            "duration": duration,
-            "subscribers": args.subscribers,
-            "cases": [{**asdict(r), "rate": r.rate, "median_rate": r.median_rate} for r in results],
-        }
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(report, f, indent=2)
+    extra = {"duration": duration, "subscribers": args.subscribers}
+    report(results, "wildcard case", args.json, extra)
     return 0
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import random
+from pathlib import Path
 
 import pytest
 
@@ -357,3 +359,18 @@ def test_index_of_cached_topics_follows_every_way_a_cache_fills_or_empties() -> 
         table = broker._table
         expected = sorted(t.name for t in table.by_name.values() if t.cache)
         assert [t.name for t in table.cached_matching(">")] == expected
+
+
+def test_the_wildcard_benchmark_runs_every_case(tmp_path: Path) -> None:
+    from benchmarks import wildcard_bench
+
+    out = tmp_path / "wild.json"
+    assert wildcard_bench.main(["--quick", "--subscribers", "50", "--json", str(out)]) == 0
+    cases = json.loads(out.read_text())["cases"]
+    assert [c["name"] for c in cases] == [
+        "fan-out exact",
+        "fan-out wildcard",
+        "routed exact",
+        "routed wildcard",
+    ]
+    assert all(c["rate"] > 0 for c in cases)
