@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass
 
 from mqcore import Broker
 
-__all__ = ["CaseResult", "main", "run_cases"]
+__all__ = ["CaseResult", "main", "report", "run_cases"]
 
 #: The size of one socket read in the TCP server, so chunks split lines the same way.
 READ_SIZE = 256 << 10
@@ -170,6 +170,24 @@ def run_cases(duration: float) -> list[CaseResult]:
     ]
 
 
+def report(
+    results: list[CaseResult], title: str, json_path: str | None, extra: dict[str, object]
+) -> None:
+    """Print ``results`` as a table; with ``json_path``, also write them (and ``extra``) as JSON."""
+    width = max(16, len(title), *(len(r.name) for r in results))
+    print(f"{title:<{width}} {'best':>12} {'median':>12}  unit")
+    for r in results:
+        print(f"{r.name:<{width}} {r.rate:>12,.0f} {r.median_rate:>12,.0f}  {r.unit}")
+    if json_path:
+        data = {
+            "python": sys.version.split()[0],
+            **extra,
+            "cases": [{**asdict(r), "rate": r.rate, "median_rate": r.median_rate} for r in results],
+        }
+        with open(json_path, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the core benchmark, print a table and optionally write JSON."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -179,17 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     duration = 0.2 if args.quick else args.duration
     results = run_cases(duration)
-    print(f"{'core case':<16} {'best':>12} {'median':>12}  unit")
-    for r in results:
-        print(f"{r.name:<16} {r.rate:>12,.0f} {r.median_rate:>12,.0f}  {r.unit}")
-    if args.json:
-        report = {
-            "python": sys.version.split()[0],
-            "duration": duration,
-            "cases": [{**asdict(r), "rate": r.rate, "median_rate": r.median_rate} for r in results],
-        }
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(report, f, indent=2)
+    report(results, "core case", args.json, {"duration": duration})
     return 0
 
 

@@ -14,6 +14,9 @@ records a durable broker emits, :mod:`mqcore._journal`'s.
   shared by every subscriber and the cache.
 - A replay hands out the cached bytes objects themselves, never copies, and
   consumes the ``one`` messages it replays.
+- A ``subscribe`` or ``unsubscribe`` whose topic is a pattern is a pattern
+  subscription's (rules in :mod:`mqcore._patterns`); a ``send`` reaches the
+  topic's pattern subscribers too, each connection once.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from ._protocol import (
     error_reply,
 )
 from ._state import Entry, Topic
+from ._subjects import EMPTY_TOKEN, is_pattern, pattern_problem
 from ._topics import TopicTable
 
 __all__ = ["REASONS", "Commands"]
@@ -42,6 +46,10 @@ __all__ = ["REASONS", "Commands"]
 _MALFORMED: Final = error_reply(Reason.MALFORMED)
 _STORAGE_UNAVAILABLE: Final = error_reply(Reason.STORAGE_UNAVAILABLE)
 _TOPIC_TOO_LONG: Final = error_reply(Reason.TOPIC_TOO_LONG)
+_PATTERN_LAST_SEEN: Final = error_reply(Reason.PATTERN_LAST_SEEN)
+_TOO_MANY_PATTERNS: Final = error_reply(Reason.TOO_MANY_PATTERNS)
+_PATTERN_EMPTY_TOKEN: Final = error_reply(Reason.PATTERN_EMPTY_TOKEN)
+_PATTERN_MULTI_NOT_LAST: Final = error_reply(Reason.PATTERN_MULTI_NOT_LAST)
 #: A send without a repeated key has 16 quote characters (four keys, four
 #: string values), 18 with "cache"; a repeated key adds at least two more. So
 #: a line with fewer than 20 cannot repeat a key and is spliced as it is;
@@ -94,15 +102,49 @@ class Commands:
 
     def _subscribe(self, conn: Connection, command: Subscribe) -> None:
         name = command.topic
+        if is_pattern(name):
+            self._subscribe_pattern(conn, command)
+            return
         topic = self._topics.get(name) or self._create(conn, name)
         if topic is None:
             return
         self._table.subscribe(topic, conn)
         self._emit(conn, SUCCESS)
-        if not command.cache or not topic.cache:
+        if command.cache and topic.cache:
+            self._replay(conn, topic, command.last_seen)
+
+    def _subscribe_pattern(self, conn: Connection, command: Subscribe) -> None:
+        """Subscribe ``conn`` to a pattern; replay every matching topic's cache."""
+        pattern = command.topic
+        table = self._table
+        if table.name_too_long(pattern):
+            self._fail(conn, _TOPIC_TOO_LONG)
             return
+        problem = pattern_problem(pattern)
+        if problem is not None:
+            empty = problem is EMPTY_TOKEN
+            self._fail(conn, _PATTERN_EMPTY_TOKEN if empty else _PATTERN_MULTI_NOT_LAST)
+            return
+        if command.last_seen != -1:
+            self._fail(conn, _PATTERN_LAST_SEEN)
+            return
+        if not table.patterns.subscribe(conn, pattern):
+            self._fail(conn, _TOO_MANY_PATTERNS)
+            return
+        self._emit(conn, SUCCESS)
+        if command.cache and self._caching:
+            for topic in table.cached_matching(pattern):
+                self._replay(conn, topic, -1)
+                if not topic.cache and not topic.subscribers:
+                    # Its last `one` messages were consumed: nothing left to
+                    # keep. The store keeps them until their bytes are written.
+                    topic.waiting = self._journal is not None
+                    table.forget(topic)
+
+    def _replay(self, conn: Connection, topic: Topic, last_seen: int) -> None:
+        """Hand ``conn`` the cached messages of ``topic`` after ``last_seen``."""
+        name = topic.name
         # The cached bytes objects themselves, never copies.
-        last_seen = command.last_seen
         replay = [e for e in topic.cache if e.index > last_seen]
         if not replay:
             return
@@ -120,12 +162,16 @@ class Commands:
             self._table.consume(topic, consumed)
 
     def _unsubscribe(self, conn: Connection, command: Unsubscribe) -> None:
-        topic = self._topics.get(command.topic)
+        name = command.topic
+        topic = None if is_pattern(name) else self._topics.get(name)
         if topic is not None:
             self._table.unsubscribe(topic, conn)
-        elif self._table.name_too_long(command.topic):
+        elif self._table.name_too_long(name):
             self._fail(conn, _TOPIC_TOO_LONG)
             return
+        else:
+            # Exactly that pattern subscription, if it is one (else nothing to do).
+            self._table.patterns.unsubscribe(conn, name)
         self._emit(conn, SUCCESS)
 
     def _refuse_send(self, conn: Connection, command: Send, line: bytes) -> None:
@@ -153,11 +199,15 @@ class Commands:
         else:
             data = delivery_bytes(line, index)
         subscribers = topic.subscribers
+        patterns = self._table.patterns
+        # Exact and pattern subscribers, each once; just the exact ones while
+        # there is no pattern subscription (see mqcore._patterns).
+        targets = patterns.targets(topic) if patterns.count else subscribers
         cache = command.cache and self._caching
         journal = self._journal
         if command.delivery == "all":
             dirty = self._dirty
-            for subscriber in subscribers:
+            for subscriber in targets:
                 # _emit(), inlined: this loop runs once per delivery.
                 out = subscriber.out
                 if out is None:
@@ -165,8 +215,8 @@ class Commands:
                     dirty.append(subscriber)
                 else:
                     out.append(data)
-        elif subscribers:
-            target = subscribers[self._pick(topic, len(subscribers))]
+        elif targets:
+            target = targets[self._pick(topic, len(targets))]
             self._emit(target, data)
             if cache and journal is not None:
                 # Not cached in memory, but stored as cached until its bytes
@@ -206,5 +256,10 @@ REASONS: Final = {
         Reason.TOPIC_TOO_LONG,
         Reason.STORAGE_UNAVAILABLE,
         Reason.INTERNAL_ERROR,
+        Reason.SEND_TO_PATTERN,
+        Reason.PATTERN_EMPTY_TOKEN,
+        Reason.PATTERN_MULTI_NOT_LAST,
+        Reason.PATTERN_LAST_SEEN,
+        Reason.TOO_MANY_PATTERNS,
     )
 }

@@ -10,6 +10,7 @@ from typing import Final, Literal
 
 import msgspec
 
+from ._subjects import EMPTY_TOKEN, MULTI_NOT_LAST
 from ._version import __version__
 
 __all__ = [
@@ -106,6 +107,16 @@ class Reason:
     TOO_MANY_TOPICS: Final = "Too many topics"
     TOPIC_TOO_LONG: Final = "Topic name too long"
     STORAGE_UNAVAILABLE: Final = "Storage unavailable"
+    #: A ``send`` to a name with a ``*`` or ``>`` token (see mqcore._subjects).
+    SEND_TO_PATTERN: Final = "Cannot send to a pattern"
+    #: A subscribe to a pattern with an empty token.
+    PATTERN_EMPTY_TOKEN: Final = f"Malformed pattern: {EMPTY_TOKEN}"
+    #: A subscribe to a pattern with ``>`` before its last token.
+    PATTERN_MULTI_NOT_LAST: Final = f"Malformed pattern: {MULTI_NOT_LAST}"
+    #: A subscribe to a pattern with ``last_seen``: indices are per topic.
+    PATTERN_LAST_SEEN: Final = "last_seen is not allowed with a pattern"
+    #: Past ``max_topics`` pattern subscriptions over the whole broker.
+    TOO_MANY_PATTERNS: Final = "Too many pattern subscriptions"
     #: A line whose handling failed in a way no rule foresaw (a bug, or out
     #: of memory): the line changed nothing more than it had, and the
     #: connection goes on with the next line.
@@ -120,7 +131,7 @@ _ENCODER: Final = msgspec.json.Encoder()
 
 SERVER_NAME: Final = "mqcore"
 #: What ``hello`` advertises beyond the reference protocol.
-PROTOCOL_FEATURES: Final = ("hello", "epoch", "quit", "line-limit")
+PROTOCOL_FEATURES: Final = ("hello", "epoch", "quit", "line-limit", "wildcards")
 
 
 class HelloReply(msgspec.Struct, forbid_unknown_fields=False):

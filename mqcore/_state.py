@@ -33,7 +33,16 @@ class Entry(msgspec.Struct, gc=False):
 class Topic:
     """One topic: its numbering, its subscribers and its replay cache."""
 
-    __slots__ = ("cache", "name", "next_index", "rr", "subscribers", "waiting")
+    __slots__ = (
+        "cache",
+        "name",
+        "next_index",
+        "rr",
+        "subscribers",
+        "targets",
+        "targets_generation",
+        "waiting",
+    )
 
     def __init__(self, name: str, cache_size: int, next_index: int) -> None:
         self.name = name
@@ -44,6 +53,10 @@ class Topic:
         self.subscribers: list[Connection] = []
         self.cache: deque[Entry] = deque(maxlen=cache_size)
         self.rr = 0
+        # Exact and pattern subscribers merged, as of a PatternTable generation
+        # (-1: stale); see mqcore._patterns. Unused while there are no patterns.
+        self.targets: list[Connection] = self.subscribers
+        self.targets_generation = -1
         # Durable only: a `one` message of this topic was delivered live, so
         # the store may hold it until its consumer's bytes are written.
         self.waiting = False

@@ -18,12 +18,26 @@ from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["MULTI", "SINGLE", "is_pattern", "matches", "pattern_problem", "tokens"]
+__all__ = [
+    "EMPTY_TOKEN",
+    "MULTI",
+    "MULTI_NOT_LAST",
+    "SINGLE",
+    "is_pattern",
+    "matches",
+    "pattern_problem",
+    "tokens",
+]
 
 #: Matches exactly one token.
 SINGLE: Final = "*"
 #: Matches one or more trailing tokens (last token only).
 MULTI: Final = ">"
+
+#: What :func:`pattern_problem` says of a pattern with an empty token.
+EMPTY_TOKEN: Final = "a pattern has no empty tokens"
+#: What :func:`pattern_problem` says of a pattern with ``>`` before its end.
+MULTI_NOT_LAST: Final = "'>' may only be the last token"
 
 
 def tokens(name: str) -> list[str]:
@@ -42,9 +56,9 @@ def pattern_problem(pattern: str) -> str | None:
     """Why ``pattern`` is not a well-formed pattern, or None if it is."""
     parts = pattern.split(".")
     if any(not token for token in parts):
-        return "a pattern has no empty tokens"
+        return EMPTY_TOKEN
     if MULTI in parts[:-1]:
-        return "'>' may only be the last token"
+        return MULTI_NOT_LAST
     return None
 
 

@@ -13,7 +13,10 @@ Rules:
   stays there marked ``gone`` (and without its bytes) until it reaches the
   front or a compaction drops it.
 - **Names.** A topic name longer than ``max_topic_bytes`` (in UTF-8) never
-  creates a topic: the command is refused with ``Topic name too long``.
+  creates a topic: the command is refused with ``Topic name too long``. A
+  name that is a pattern (a ``*`` or ``>`` token) never creates one either:
+  a ``send`` to it is refused with ``Cannot send to a pattern`` (a subscribe
+  to it is a pattern subscription: :mod:`mqcore._patterns`).
 - **Forgetting.** A topic with no subscribers and nothing cached holds
   nothing a client could ask for, so it is forgotten at once: when its last
   subscriber leaves, after a send that cached nothing, when its cache
@@ -43,14 +46,17 @@ from collections.abc import Iterable
 
 from ._connection import Connection
 from ._journal import Journal
+from ._patterns import PatternTable, TopicIndex
 from ._protocol import Reason, error_reply
 from ._records import TopicState
 from ._state import Entry, Topic
+from ._subjects import is_pattern
 
 __all__ = ["TopicTable"]
 
 _TOO_MANY_TOPICS = error_reply(Reason.TOO_MANY_TOPICS)
 _TOPIC_TOO_LONG = error_reply(Reason.TOPIC_TOO_LONG)
+_SEND_TO_PATTERN = error_reply(Reason.SEND_TO_PATTERN)
 
 
 class TopicTable:
@@ -67,7 +73,9 @@ class TopicTable:
         "max_cache_bytes",
         "max_topic_bytes",
         "max_topics",
+        "names",
         "order",
+        "patterns",
     )
 
     def __init__(
@@ -92,6 +100,10 @@ class TopicTable:
         self.order: deque[Entry] = deque()
         self.cached = 0
         self.cache_bytes = 0
+        # Pattern subscriptions count toward the same bound as topics.
+        self.patterns = PatternTable(max_topics)
+        # Every topic by token, for pattern replays: built at the first one.
+        self.names: TopicIndex | None = None
 
     # -- topics -------------------------------------------------------------------
 
@@ -106,6 +118,8 @@ class TopicTable:
         """Create topic ``name`` (numbered from the floor), or return the refusal to send."""
         if self.name_too_long(name):
             return _TOPIC_TOO_LONG
+        if is_pattern(name):
+            return _SEND_TO_PATTERN
         if len(self.by_name) >= self.max_topics:
             if not self.idle:
                 return _TOO_MANY_TOPICS
@@ -115,6 +129,18 @@ class TopicTable:
     def _add(self, name: str, next_index: int) -> Topic:
         topic = self.by_name[name] = self.idle[name] = Topic(name, self.cache_size, next_index)
         return topic
+
+    def cached_matching(self, pattern: str) -> list[Topic]:
+        """The topics with a cache that the well-formed ``pattern`` matches, in name order."""
+        if self.names is None:
+            # Once, at the first pattern replay; kept up to date from then on.
+            self.names = TopicIndex(t for t in self.by_name.values() if t.cache)
+        return self.names.matching(pattern)
+
+    def _uncached(self, topic: Topic) -> None:
+        """``topic``'s cache may have emptied: out of the index of cached topics, if so."""
+        if not topic.cache and self.names is not None:
+            self.names.remove(topic)
 
     def forget(self, topic: Topic) -> None:
         """Drop ``topic`` and its cache; raise the floor to its next index."""
@@ -126,6 +152,7 @@ class TopicTable:
         entries = list(topic.cache)
         topic.cache.clear()
         self._uncache(entries)
+        self._uncached(topic)
         if self._journal is not None:
             self._journal.forgotten(
                 name, topic.next_index, [e.index for e in entries], topic.waiting
@@ -148,6 +175,7 @@ class TopicTable:
         subscribers = topic.subscribers
         conn.topics[name] = len(subscribers)
         subscribers.append(conn)
+        topic.targets_generation = -1
         if len(subscribers) == 1:
             self.idle.pop(name, None)
 
@@ -163,9 +191,12 @@ class TopicTable:
         for name, position in conn.topics.items():
             self._remove(by_name[name], conn, position)
         conn.topics.clear()
+        if self.patterns.count:
+            self.patterns.drop_connection(conn)
 
     def _remove(self, topic: Topic, conn: Connection, position: int) -> None:
         subscribers = topic.subscribers
+        topic.targets_generation = -1
         last = subscribers.pop()
         if last is not conn:
             # Swap the last subscriber into the gap.
@@ -182,6 +213,8 @@ class TopicTable:
         The caller then calls :meth:`shrink` if over ``max_cache_bytes``.
         """
         cache = topic.cache
+        if not cache and self.names is not None:
+            self.names.add(topic)
         if len(cache) == self.cache_size:
             # The deque drops its oldest entry as this one goes in.
             old = cache[0]
@@ -202,6 +235,7 @@ class TopicTable:
         """Take the replayed ``one`` messages ``consumed`` out of ``topic``'s cache."""
         self._uncache(consumed)
         topic.cache = deque((e for e in topic.cache if not e.gone), maxlen=self.cache_size)
+        self._uncached(topic)
 
     def _uncache(self, entries: Iterable[Entry]) -> None:
         for entry in entries:
@@ -227,6 +261,8 @@ class TopicTable:
             self._uncache([entry])
             if not topic.cache and not topic.subscribers:
                 self.forget(topic)
+            else:
+                self._uncached(topic)
 
     # -- restore ------------------------------------------------------------------
 
@@ -241,6 +277,7 @@ class TopicTable:
             topic.next_index = max(state.next_index, entries[-1][0] + 1 if entries else 0)
             self._uncache(list(topic.cache))
             topic.cache.clear()
+            self._uncached(topic)
             dropped = entries[: max(0, len(entries) - self.cache_size)]
             if self._journal is not None and dropped:
                 self._journal.trim(state.topic, dropped[-1][0] + 1)

@@ -30,6 +30,7 @@ import anyio
 import anyio.lowlevel
 
 from mqcore import Delivery, HelloReply, Send
+from mqcore._subjects import is_pattern
 
 from ._connection import Connection, open_stream
 from ._errors import (
@@ -39,6 +40,7 @@ from ._errors import (
     ProtocolError,
     ServerError,
 )
+from ._pattern_state import PatternSubscriptionState
 from ._session import Request, Session
 from ._subscription import Subscription
 from ._subscription_state import SubscriptionState
@@ -227,17 +229,30 @@ class Client:
         message of ``topic`` this connection has received; if there is none,
         see the README's *Client* section for what it may miss while another
         subscription to ``topic`` gets its replay.
+
+        A ``topic`` with a ``*`` or ``>`` token is a pattern: every matching
+        topic's messages, each naming its own topic and index; no
+        ``last_seen`` (ValueError); a reconnection resumes per topic.
         """
-        state = SubscriptionState(
-            topic,
-            last_seen,
-            cache,
-            epoch=epoch,
-            max_queued=self._max_queued if max_queued is None else max_queued,
-            max_queued_bytes=(
-                self._max_queued_bytes if max_queued_bytes is None else max_queued_bytes
-            ),
-        )
+        queued = self._max_queued if max_queued is None else max_queued
+        queued_bytes = self._max_queued_bytes if max_queued_bytes is None else max_queued_bytes
+        state: SubscriptionState
+        if is_pattern(topic):
+            # Resumes per topic (mqcore_client._pattern_state); no last_seen.
+            if last_seen is not None:
+                raise ValueError("last_seen is not allowed with a pattern: indices are per topic")
+            state = PatternSubscriptionState(
+                topic, cache, epoch=epoch, max_queued=queued, max_queued_bytes=queued_bytes
+            )
+        else:
+            state = SubscriptionState(
+                topic,
+                last_seen,
+                cache,
+                epoch=epoch,
+                max_queued=queued,
+                max_queued_bytes=queued_bytes,
+            )
         return Subscription(state, self._open, self._close, self._timeout)
 
     # -- waiting --------------------------------------------------------------------

@@ -35,6 +35,13 @@ cannot tell a replay from live messages. Two rules cover it:
   other, then take :attr:`Session.seen` as their position. What other
   clients send while the server is between the two lines is lost to them
   (the README says so).
+
+**Patterns.** A subscription to a pattern is kept under the pattern in
+:attr:`Session.subs` like any other; a delivery goes to the subscriptions of
+its topic and to those of every pattern that matches it (each connection
+gets a message once from the server, whatever matched). Which patterns
+match a topic is cached per topic (bounded, cleared whenever patterns
+change). Resume per topic is :mod:`mqcore_client._pattern_state`'s.
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ from functools import partial
 from typing import Final
 
 from mqcore import Command, Hello, HelloReply, Reply, Subscribe, Unsubscribe
+from mqcore._subjects import is_pattern, matches
 
 from ._errors import ConnectionLostError, MQError, ProtocolError, ServerError
 from ._protocol import ENCODER, LineReader, Received, classify, decode_hello
@@ -55,6 +63,9 @@ __all__ = ["Request", "Session", "SubState", "SubscriptionState"]
 #: A line from the server longer than this is not the protocol (the server's
 #: own default input limit is 1 MiB; a delivery is that plus its index).
 MAX_LINE: Final = 64 << 20
+
+#: How many topics' matching patterns the session remembers before starting over.
+MAX_ROUTES: Final = 10_000
 
 #: A pending entry: the handler of a command's reply (or of the error that lost it).
 _Handler = Callable[[Reply | ConnectionLostError, bytes], None]
@@ -108,6 +119,10 @@ class Session:
         self.first_failure = ""
         self.lost_publishes = 0
         self._lines = LineReader(max_line)
+        #: The patterns among the keys of :attr:`subs`, and per topic the
+        #: subscriptions a delivery goes to (while there are patterns).
+        self._patterns: list[str] = []
+        self._routes: dict[str, list[SubscriptionState]] = {}
 
     @property
     def epoch(self) -> str | None:
@@ -165,6 +180,8 @@ class Session:
         """The client is done for good: every subscription ends with ``error``."""
         self.connection_lost(error)
         subs, self.subs = self.subs, {}
+        self._patterns = []
+        self._routes.clear()
         for topic_subs in subs.values():
             for sub in topic_subs:
                 sub.fail(error)
@@ -199,6 +216,7 @@ class Session:
             sub.gap = True
         sub.start(last_seen)
         self.subs[sub.topic] = [*self.subs.get(sub.topic, ()), sub]
+        self._subs_changed(sub.topic)
         command = Subscribe(sub.topic, -1 if last_seen is None else last_seen, sub.cache)
         self._subscribe(command, [sub])
 
@@ -214,10 +232,11 @@ class Session:
             self.subs[sub.topic] = rest
         else:
             del self.subs[sub.topic]
-            if self.online:
-                # The reference server answers an unsubscribe it does not expect
-                # with an error: nothing to do about it, so nothing waits for it.
-                self.enqueue(Unsubscribe(sub.topic), partial(self._unsubscribed, sub.topic))
+        self._subs_changed(sub.topic)
+        if not rest and self.online:
+            # The reference server answers an unsubscribe it does not expect
+            # with an error: nothing to do about it, so nothing waits for it.
+            self.enqueue(Unsubscribe(sub.topic), partial(self._unsubscribed, sub.topic))
 
     # -- what the server writes ------------------------------------------------
 
@@ -237,7 +256,7 @@ class Session:
                     continue
                 if isinstance(outcome, Received):
                     topic = outcome.topic
-                    targets = subs.get(topic)
+                    targets = self._route(topic) if self._patterns else subs.get(topic)
                     if targets:
                         # max(): a replay goes back below live messages.
                         if outcome.index > seen.get(topic, -1):
@@ -261,6 +280,26 @@ class Session:
             self.completed += replies
 
     # -- subscriptions (see the module docstring) --------------------------------
+
+    def _subs_changed(self, key: str) -> None:
+        """The subscriptions under ``key`` changed: forget the routes they are in."""
+        if self._patterns or is_pattern(key):
+            self._patterns = [k for k in self.subs if is_pattern(k)]
+            self._routes.clear()
+
+    def _route(self, topic: str) -> list[SubscriptionState] | None:
+        """The subscriptions a delivery of ``topic`` goes to: its own, then matching patterns'."""
+        route = self._routes.get(topic)
+        if route is None:
+            subs = self.subs
+            route = [*subs.get(topic, ())]
+            for pattern in self._patterns:
+                if matches(pattern, topic):
+                    route.extend(subs[pattern])
+            if len(self._routes) >= MAX_ROUTES:
+                self._routes.clear()
+            self._routes[topic] = route
+        return route
 
     def _overflowed(self, sub: SubscriptionState) -> None:
         # deliver() has ended it; leaving the topic may unsubscribe.
