@@ -78,7 +78,7 @@ class AckCommands:
     def _subscribe_ack(self, conn: Connection, command: Subscribe) -> None:
         name = command.topic
         prefetch = DEFAULT_PREFETCH if command.prefetch is msgspec.UNSET else command.prefetch
-        if not 1 <= prefetch <= MAX_PREFETCH:
+        if not 0 <= prefetch <= MAX_PREFETCH:
             self._fail(conn, _BAD_PREFETCH)
             return
         if is_pattern(name):

@@ -37,7 +37,9 @@ change. Rules, including those chosen where the issue is silent:
   of this topic`` if the connection has no consumer of the topic, ``Not
   pending: ...`` for an index not pending on that consumer (unknown, already
   acked, or another's). ``delay`` is 0 to 86,400 s (``Invalid delay``).
-- **Bounds.** ``prefetch`` 1 to 10,000 (default 10; ``Invalid prefetch``).
+- **Bounds.** ``prefetch`` 0 to 10,000 (default 10; ``Invalid prefetch``);
+  0 pauses the consumer (it keeps its pending jobs but gets no more), so a
+  client that wants exactly N jobs sets it to 0 before its N-th ack.
   Broker-wide at most ``max_jobs`` jobs and ``max_job_bytes`` bytes: past
   either a ``one`` send that would become a job is refused ``Work queue
   full``, and an acknowledging subscribe claims cached messages only up to it.

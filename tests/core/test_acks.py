@@ -76,7 +76,7 @@ def test_bad_subscriptions_are_refused() -> None:
     c = h.connect()
     h.send(
         c,
-        sub("jobs", ack=True, prefetch=0),
+        sub("jobs", ack=True, prefetch=-1),
         sub("jobs", ack=True, prefetch=10_001),
         sub("jobs.*", ack=True),
         sub("0123456", ack=True),  # 0123456.dead is over 10 bytes
@@ -139,6 +139,17 @@ def test_prefetch_bounds_what_is_pending_and_acks_free_room() -> None:
     h.send(worker, sub("jobs", ack=True, prefetch=4))
     assert h.take(worker) == [OK, job("jobs", "3", 3, 1), job("jobs", "4", 4, 1)]
     assert h.broker.pending(worker, "jobs") == [0, 2, 3, 4]
+
+
+def test_prefetch_0_pauses_a_consumer() -> None:
+    h = harness()
+    worker, producer = h.connect(), h.connect()
+    h.send(worker, sub("jobs", ack=True, prefetch=1))
+    h.send(producer, send("jobs", "0", "one"), send("jobs", "1", "one"))
+    h.send(worker, sub("jobs", ack=True, prefetch=0), ack("jobs", 0))
+    assert h.take(worker) == [OK, job("jobs", "0", 0, 1), OK, OK]  # nothing more
+    h.send(worker, sub("jobs", ack=True, prefetch=1))
+    assert h.take(worker) == [OK, job("jobs", "1", 1, 1)]
 
 
 def test_jobs_go_round_robin_among_consumers_with_room() -> None:
