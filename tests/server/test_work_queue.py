@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -158,3 +159,32 @@ async def test_10000_jobs_over_4_workers_each_done_exactly_once() -> None:
                 await producer.write(*[send("jobs", "stop", "one") for _ in range(4)])
                 assert await producer.read_n(4) == [OK] * 4
     assert sorted(done) == list(range(total))
+
+
+@pytest.mark.parametrize("fsync", ["batch", "off"])
+async def test_sigkill_of_a_durable_server_with_jobs_pending(data_dir: Path, fsync: str) -> None:
+    """Nothing acknowledged to its sender is lost, nothing acked comes back, attempts survive."""
+    args = ("--data-dir", str(data_dir), "--fsync", fsync)
+    async with server_process(*args) as server:
+        async with await LineClient.open(server.port) as producer:
+            await producer.write(*[send("jobs", str(n), "one") for n in range(20)])
+            assert await producer.read_n(20) == [OK] * 20
+        worker = await LineClient.open(server.port)
+        assert await worker.request(sub("jobs", ack=True, prefetch=10)) == OK
+        held = await worker.read_n(10)
+        assert [(m["index"], m["attempt"]) for m in held] == [(n, 1) for n in range(10)]
+        await worker.write(*[ack("jobs", n) for n in range(5)])
+        replies = await worker.read_n(10)  # each ack's reply after the job it frees
+        acked_replies = [r for r in replies if r == OK]
+        assert len(acked_replies) == 5
+        server.kill()
+        await worker.aclose()
+    async with server_process(*args) as server, await LineClient.open(server.port) as worker:
+        assert await worker.request(sub("jobs", ack=True, prefetch=100)) == OK
+        back = await worker.read_n(15)
+        by_index = {m["index"]: m["attempt"] for m in back}
+        # 0..4 were acked: never again. 5..14 were delivered once: attempt 2.
+        # 15..19 were never delivered: attempt 1.
+        assert by_index == {**{n: 2 for n in range(5, 15)}, **{n: 1 for n in range(15, 20)}}
+        await worker.write(*[ack("jobs", n) for n in by_index])
+        assert await worker.read_n(15) == [OK] * 15
