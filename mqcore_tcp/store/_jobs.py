@@ -25,6 +25,8 @@ from typing import Final
 
 from mqcore import JobAdd, JobAttempts, JobDone, JobState, Record
 
+from ._sql import transaction
+
 __all__ = ["CREATE_JOBS", "JobWrites", "load_jobs", "plan_jobs", "split_jobs"]
 
 CREATE_JOBS: Final = """
@@ -123,5 +125,6 @@ def load_jobs(conn: sqlite3.Connection) -> tuple[list[JobState], int]:
         else:
             damaged.append((topic, index))
     if damaged:
-        conn.executemany("DELETE FROM jobs WHERE topic = ? AND idx = ?", damaged)
+        with transaction(conn):
+            conn.executemany("DELETE FROM jobs WHERE topic = ? AND idx = ?", damaged)
     return jobs, len(damaged)

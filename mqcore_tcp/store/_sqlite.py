@@ -124,6 +124,8 @@ class SQLiteStore:
         self._state = StateFile(self.path.with_suffix(".state"))
         self._epoch, self._commits = "", 0
         self._conn = self._open()
+        # Schema 2 as older mqcore (and a salvage) writes it has no jobs table.
+        self._conn.execute(CREATE_JOBS)
         self._epoch, self._commits = self._read_meta()
         self._check_state_file()
 
@@ -304,9 +306,7 @@ class SQLiteStore:
                 f"dropped {found.dropped} stored message(s) and {len(found.bad_topics)} topic(s) "
                 "that were not intact (bad checksum, UTF-8 or JSON)"
             )
-        conn.execute(CREATE_JOBS)  # schema 2 as older mqcore wrote it had no jobs
-        with transaction(conn):
-            jobs, damaged = load_jobs(conn)
+        jobs, damaged = load_jobs(conn)
         if damaged:
             self._lost(f"dropped {damaged} stored job(s) that were not intact", new_epoch=False)
         return Snapshot(self._epoch, found.topics, found.mirror.index_floor, jobs)
