@@ -1,15 +1,16 @@
-"""A work queue: ``delivery: "one"`` spreads jobs over workers, each job done once.
+"""A work queue that loses nothing: acknowledged jobs over workers, a crash survived.
 
 Start a server (``make serve``), then:
 
     python examples/work_queue.py --workers 3 --jobs 100
 
-Each worker is its own connection subscribed to the jobs topic; the producer
-sends every job with ``delivery="one"``, so the server hands it to exactly one
-connected worker (a job sent before any worker subscribed waits in the cache,
-and the first worker to subscribe takes it). Workers report results on a
-second topic. While every worker stays connected, each job is done exactly once;
-a worker that disconnects with jobs in hand loses them (there are no acks).
+The producer sends every job with ``delivery="one"``. Each worker consumes
+the jobs topic with ``client.consume()``: the server hands each job to one
+worker at a time (at most ``prefetch`` unacked per worker), and
+``async with job:`` acknowledges it once the block succeeds (or hands it back
+if it raises). First, a worker takes a few jobs and crashes without acking
+them: the server hands them to the other workers (``attempt`` 2), so every
+job is still done exactly once. Workers report results on a second topic.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ import anyio.abc
 
 import mqcore_client
 
+#: Jobs the crashing worker takes before it dies.
+CRASH_AFTER = 5
+
 
 async def worker(
     host: str,
@@ -35,15 +39,30 @@ async def worker(
     *,
     task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Square each job's number and report ``"<job> <name> <square>"`` until cancelled."""
+    """Square each job's number, report ``"<job> <name> <square> <attempt>"``; until cancelled."""
     async with (
         mqcore_client.connect(host, port) as client,
-        client.subscribe(jobs) as sub,
+        client.consume(jobs, prefetch=10) as consumer,
     ):
         task_status.started()
-        async for job in sub:
-            number = int(job.msg)
-            await client.send(results, f"{number} {name} {number * number}")
+        async for job in consumer:
+            async with job:  # acked when the block ends without an exception
+                number = int(job.msg)
+                await client.send(results, f"{number} {name} {number * number} {job.attempt}")
+
+
+async def crashing_worker(host: str, port: int, jobs: str, taken: anyio.Event) -> None:
+    """Take CRASH_AFTER jobs and die holding them: no ack, no result."""
+    async with (
+        mqcore_client.connect(host, port) as client,
+        client.consume(jobs, prefetch=CRASH_AFTER) as consumer,
+    ):
+        held = 0
+        async for _job in consumer:
+            held += 1
+            if held == CRASH_AFTER:
+                break  # "crash": the connection goes, the jobs go back to the server
+    taken.set()
 
 
 async def run(host: str, port: int, workers: int, jobs: int) -> Counter[str]:
@@ -55,18 +74,24 @@ async def run(host: str, port: int, workers: int, jobs: int) -> Counter[str]:
     jobs_topic, results_topic = f"jobs.{run_id}", f"results.{run_id}"
     done: Counter[int] = Counter()
     by_worker: Counter[str] = Counter()
+    redelivered = 0
     async with (
         mqcore_client.connect(host, port) as client,
         client.subscribe(results_topic) as results,
         anyio.create_task_group() as tg,
     ):
-        for n in range(workers):
-            await tg.start(worker, host, port, f"w{n}", jobs_topic, results_topic)
+        crashed = anyio.Event()
+        tg.start_soon(crashing_worker, host, port, jobs_topic, crashed)
         for job in range(jobs):
             await client.publish(jobs_topic, str(job), delivery="one")
         await client.flush()
+        if jobs >= CRASH_AFTER:
+            await crashed.wait()
+        for n in range(workers):
+            await tg.start(worker, host, port, f"w{n}", jobs_topic, results_topic)
         async for result in results:
-            job_text, name, square = result.msg.split()
+            job_text, name, square, attempt = result.msg.split()
+            redelivered += attempt != "1"
             done[int(job_text)] += 1
             by_worker[name] += 1
             if int(square) != int(job_text) ** 2:
@@ -76,12 +101,16 @@ async def run(host: str, port: int, workers: int, jobs: int) -> Counter[str]:
         tg.cancel_scope.cancel()
     if sorted(done) != list(range(jobs)) or set(done.values()) != {1}:
         raise RuntimeError(f"jobs not done exactly once: {done}")
+    if jobs >= CRASH_AFTER and redelivered < CRASH_AFTER:
+        raise RuntimeError(f"only {redelivered} of the crashed worker's jobs were redelivered")
     return by_worker
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the work queue from the command line."""
-    parser = argparse.ArgumentParser(description="Spread jobs over workers with delivery 'one'.")
+    parser = argparse.ArgumentParser(
+        description="Spread acknowledged jobs over workers; one worker crashes, nothing is lost."
+    )
     parser.add_argument("--workers", type=int, default=3, help="workers (default: %(default)s)")
     parser.add_argument("--jobs", type=int, default=100, help="jobs (default: %(default)s)")
     parser.add_argument("--host", default=mqcore_client.DEFAULT_HOST)
@@ -94,6 +123,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     shares = ", ".join(f"{name}: {count}" for name, count in sorted(by_worker.items()))
     print(f"{args.jobs} jobs done exactly once by {len(by_worker)} worker(s) ({shares})")
+    if args.jobs >= CRASH_AFTER:
+        print(f"(a worker crashed first holding {CRASH_AFTER} unacked jobs: others did them)")
     return 0
 
 

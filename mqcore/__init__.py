@@ -5,6 +5,14 @@ Feed a :class:`Broker` the bytes each connection sends; take an
 live elsewhere: ``mqcore_tcp`` serves it over TCP.
 """
 
+from ._acks import (
+    DEFAULT_ACK_WAIT,
+    DEFAULT_MAX_DELIVER,
+    DEFAULT_MAX_JOB_BYTES,
+    DEFAULT_MAX_JOBS,
+    DEFAULT_PREFETCH,
+    MAX_PREFETCH,
+)
 from ._broker import (
     DEFAULT_CACHE_SIZE,
     DEFAULT_MAX_CACHE_BYTES,
@@ -18,11 +26,13 @@ from ._broker import (
 from ._protocol import (
     COMMAND_DECODER,
     SUCCESS,
+    Ack,
     Command,
     Delivery,
     Hello,
     HelloReply,
     Message,
+    Nack,
     Reason,
     Reply,
     Send,
@@ -31,19 +41,38 @@ from ._protocol import (
     error_reply,
     hello_reply,
 )
-from ._records import CacheAdd, CacheRemove, CacheTrim, DropTopic, NextIndex, Record, TopicState
+from ._records import (
+    CacheAdd,
+    CacheRemove,
+    CacheTrim,
+    DropTopic,
+    JobAdd,
+    JobAttempts,
+    JobDone,
+    JobState,
+    NextIndex,
+    Record,
+    TopicState,
+)
 from ._stats import BrokerStats
 from ._store import MemoryStore, Snapshot, Store, StoreError, StoreUnavailable
 from ._version import __version__
 
 __all__ = [
     "COMMAND_DECODER",
+    "DEFAULT_ACK_WAIT",
     "DEFAULT_CACHE_SIZE",
     "DEFAULT_MAX_CACHE_BYTES",
+    "DEFAULT_MAX_DELIVER",
+    "DEFAULT_MAX_JOBS",
+    "DEFAULT_MAX_JOB_BYTES",
     "DEFAULT_MAX_LINE_BYTES",
     "DEFAULT_MAX_TOPICS",
     "DEFAULT_MAX_TOPIC_BYTES",
+    "DEFAULT_PREFETCH",
+    "MAX_PREFETCH",
     "SUCCESS",
+    "Ack",
     "Broker",
     "BrokerStats",
     "CacheAdd",
@@ -55,8 +84,13 @@ __all__ = [
     "DropTopic",
     "Hello",
     "HelloReply",
+    "JobAdd",
+    "JobAttempts",
+    "JobDone",
+    "JobState",
     "MemoryStore",
     "Message",
+    "Nack",
     "NextIndex",
     "Output",
     "Reason",

@@ -40,6 +40,13 @@ from typing import Final
 
 import msgspec
 
+from ._acks import (
+    DEFAULT_ACK_WAIT,
+    DEFAULT_MAX_DELIVER,
+    DEFAULT_MAX_JOB_BYTES,
+    DEFAULT_MAX_JOBS,
+    WorkQueues,
+)
 from ._commands import REASONS, Commands
 from ._connection import Connection, ConnectionId
 from ._journal import Journal
@@ -134,6 +141,10 @@ class Broker(Commands):
         choose: Callable[[int], int] | None = None,
         durable: bool = False,
         epoch: str | None = None,
+        ack_wait: float = DEFAULT_ACK_WAIT,
+        max_deliver: int = DEFAULT_MAX_DELIVER,
+        max_jobs: int = DEFAULT_MAX_JOBS,
+        max_job_bytes: int = DEFAULT_MAX_JOB_BYTES,
     ) -> None:
         for name, value, least in [
             ("cache_size", cache_size, 0),
@@ -159,6 +170,17 @@ class Broker(Commands):
             max_topic_bytes=max_topic_bytes,
             max_cache_bytes=max_cache_bytes,
             journal=self._journal,
+        )
+        # Acknowledged delivery: ack_wait (seconds), max_deliver and the
+        # bounds on jobs held are mqcore._acks's.
+        self._acks = WorkQueues(
+            ack_wait=ack_wait,
+            max_deliver=max_deliver,
+            max_jobs=max_jobs,
+            max_job_bytes=max_job_bytes,
+            journal=self._journal,
+            emit=self._emit,
+            dead_letter=self._dead_letter,
         )
         # The table's dict itself (never rebound): one lookup less per send.
         self._topics = self._table.by_name
@@ -206,6 +228,7 @@ class Broker(Commands):
         if conn is None:
             return
         self._table.drop_connection(conn)
+        self._acks.drop_connection(cid)
         conn.out = None
 
     def receive_data(self, cid: ConnectionId, data: bytes) -> None:
@@ -391,4 +414,5 @@ class Broker(Commands):
         """End of input (or `quit`): no more input or deliveries; close once flushed."""
         conn.end_input()
         self._table.drop_connection(conn)
+        self._acks.drop_connection(conn.id)
         self._close.append(conn.id)

@@ -4,7 +4,9 @@
 decoded command for a connection; the other half (framing, the slow path for
 bad lines, connection lifecycle, output) is in :mod:`mqcore._broker`. The
 rules of topics, subscribers and caches are :mod:`mqcore._topics`'s; the
-records a durable broker emits, :mod:`mqcore._journal`'s.
+records a durable broker emits, :mod:`mqcore._journal`'s; acknowledged
+delivery (``ack``, ``nack``, ``subscribe`` with ``ack``), :mod:`mqcore._acks`'s
+through the hooks of :class:`~mqcore._ack_commands.AckCommands`.
 
 - Every command gets exactly one reply; a ``send``'s deliveries (and a
   ``subscribe``'s replay) come before the reply to it when the sender is a
@@ -24,12 +26,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Final
 
+from ._ack_commands import AckCommands
 from ._connection import Connection
 from ._journal import Journal
 from ._protocol import (
     SUCCESS,
+    Ack,
     Command,
     Hello,
+    Nack,
     Reason,
     Send,
     Subscribe,
@@ -50,6 +55,7 @@ _PATTERN_LAST_SEEN: Final = error_reply(Reason.PATTERN_LAST_SEEN)
 _TOO_MANY_PATTERNS: Final = error_reply(Reason.TOO_MANY_PATTERNS)
 _PATTERN_EMPTY_TOKEN: Final = error_reply(Reason.PATTERN_EMPTY_TOKEN)
 _PATTERN_MULTI_NOT_LAST: Final = error_reply(Reason.PATTERN_MULTI_NOT_LAST)
+_WORK_QUEUE_FULL: Final = error_reply(Reason.WORK_QUEUE_FULL)
 #: A send without a repeated key has 16 quote characters (four keys, four
 #: string values), 18 with "cache"; a repeated key adds at least two more. So
 #: a line with fewer than 20 cannot repeat a key and is spliced as it is;
@@ -57,7 +63,7 @@ _PATTERN_MULTI_NOT_LAST: Final = error_reply(Reason.PATTERN_MULTI_NOT_LAST)
 _SPLICE_QUOTES: Final = 20
 
 
-class Commands:
+class Commands(AckCommands):
     """Carries out decoded commands; :class:`~mqcore.Broker` sets the state up."""
 
     _choose: Callable[[int], int] | None
@@ -89,6 +95,10 @@ class Commands:
             self._unsubscribe(conn, command)
         elif type(command) is Hello and self._hello is not None:
             self._emit(conn, self._hello)
+        elif type(command) is Ack:
+            self._ack(conn, command)
+        elif type(command) is Nack:
+            self._nack(conn, command)
         else:
             self._fail(conn, _MALFORMED)
 
@@ -101,6 +111,9 @@ class Commands:
         return created
 
     def _subscribe(self, conn: Connection, command: Subscribe) -> None:
+        if command.ack is True:
+            self._subscribe_ack(conn, command)
+            return
         name = command.topic
         if is_pattern(name):
             self._subscribe_pattern(conn, command)
@@ -166,6 +179,7 @@ class Commands:
         topic = None if is_pattern(name) else self._topics.get(name)
         if topic is not None:
             self._table.unsubscribe(topic, conn)
+            self._acks.unsubscribe(conn.id, name)
         elif self._table.name_too_long(name):
             self._fail(conn, _TOPIC_TOO_LONG)
             return
@@ -179,6 +193,13 @@ class Commands:
 
     def _send(self, conn: Connection, command: Send, line: bytes) -> None:
         name = command.topic
+        jobs = None
+        if self._acks.queues and command.delivery == "one":
+            # The topic has acknowledging subscribers: a job (see mqcore._acks).
+            jobs = self._acks.consuming(name)
+            if jobs is not None and not self._acks.has_room(len(line)):
+                self._fail(conn, _WORK_QUEUE_FULL)
+                return
         topic = self._topics.get(name)
         if topic is None:
             topic = self._create(conn, name)
@@ -215,6 +236,10 @@ class Commands:
                     dirty.append(subscriber)
                 else:
                     out.append(data)
+        elif jobs is not None:
+            self._acks.add(jobs, index, data)
+            self._acks.dispatch(jobs)
+            cache = False
         elif targets:
             target = targets[self._pick(topic, len(targets))]
             self._emit(target, data)
@@ -261,5 +286,11 @@ REASONS: Final = {
         Reason.PATTERN_MULTI_NOT_LAST,
         Reason.PATTERN_LAST_SEEN,
         Reason.TOO_MANY_PATTERNS,
+        Reason.NOT_ACKING,
+        Reason.NOT_PENDING,
+        Reason.BAD_PREFETCH,
+        Reason.BAD_DELAY,
+        Reason.ACK_PATTERN,
+        Reason.WORK_QUEUE_FULL,
     )
 }

@@ -15,6 +15,11 @@ The rules (the contract a store relies on is in :mod:`mqcore._records`):
   delivered live (stored as cached until its bytes are written), a replayed
   ``one`` message consumed, a message evicted for ``max_cache_bytes``, a topic
   forgotten.
+- Jobs of work queues (:mod:`mqcore._acks`) are records of their own, in
+  order, in :attr:`Output.records`: a job's arrival, each delivery (so an
+  attempt is counted before its bytes leave: a crash counts it rather than
+  repeat it uncounted), its end; a cached ``one`` message claimed as a job
+  leaves the cache in the same batch.
 """
 
 from __future__ import annotations
@@ -22,7 +27,17 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 from ._connection import ConnectionId
-from ._records import CacheAdd, CacheRemove, CacheTrim, DropTopic, NextIndex, Record
+from ._records import (
+    CacheAdd,
+    CacheRemove,
+    CacheTrim,
+    DropTopic,
+    JobAdd,
+    JobAttempts,
+    JobDone,
+    NextIndex,
+    Record,
+)
 from ._state import Entry, Topic
 
 __all__ = ["Journal"]
@@ -67,6 +82,22 @@ class Journal:
                 CacheAdd(name, e.index, "one", e.data) for e in entries if e.index >= first
             )
         self.after_write.setdefault(conn, []).extend(CacheRemove(name, e.index) for e in entries)
+
+    def claimed(self, name: str, entries: Iterable[Entry]) -> None:
+        """These cached ``one`` messages of ``name`` became jobs (their JobAdd follows)."""
+        self.records.extend(CacheRemove(name, e.index) for e in entries)
+
+    def job_added(self, name: str, index: int, data: bytes, attempts: int) -> None:
+        """Message ``index`` of ``name`` became a job."""
+        self.records.append(JobAdd(name, index, data, attempts))
+
+    def job_attempts(self, name: str, index: int, attempts: int) -> None:
+        """Job ``index`` of ``name`` is being delivered for the ``attempts``-th time."""
+        self.records.append(JobAttempts(name, index, attempts))
+
+    def job_done(self, name: str, index: int) -> None:
+        """Job ``index`` of ``name`` was acknowledged or dead-lettered."""
+        self.records.append(JobDone(name, index))
 
     def evicted(self, name: str, index: int) -> None:
         """Message ``index`` of ``name`` was evicted for ``max_cache_bytes``.

@@ -18,11 +18,13 @@ __all__ = [
     "PROTOCOL_FEATURES",
     "SERVER_NAME",
     "SUCCESS",
+    "Ack",
     "Command",
     "Delivery",
     "Hello",
     "HelloReply",
     "Message",
+    "Nack",
     "Reason",
     "Reply",
     "Send",
@@ -37,12 +39,19 @@ Delivery = Literal["all", "one"]
 
 
 class Subscribe(msgspec.Struct, tag="subscribe", tag_field="command", forbid_unknown_fields=True):
-    """``{"command": "subscribe", "topic": ..., "last_seen"?: int, "cache"?: bool}``."""
+    """``{"command": "subscribe", "topic": ..., "last_seen"?: int, "cache"?: bool}``.
+
+    ``ack`` and ``prefetch`` (an mqcore extension, see :mod:`mqcore._acks`)
+    are UNSET unless given, so a client that does not use them writes the
+    same bytes as before.
+    """
 
     topic: str
     # -1 replays every cached message: indices start at 0.
     last_seen: int = -1
     cache: bool = True
+    ack: bool | msgspec.UnsetType = msgspec.UNSET
+    prefetch: int | msgspec.UnsetType = msgspec.UNSET
 
 
 class Unsubscribe(
@@ -66,7 +75,23 @@ class Hello(msgspec.Struct, tag="hello", tag_field="command", forbid_unknown_fie
     """``{"command": "hello"}``: an opt-in handshake that describes the server."""
 
 
-Command = Subscribe | Unsubscribe | Send | Hello
+class Ack(msgspec.Struct, tag="ack", tag_field="command", forbid_unknown_fields=True):
+    """``{"command": "ack", "topic": ..., "index": int}``: a pending message is done."""
+
+    topic: str
+    index: int
+
+
+class Nack(msgspec.Struct, tag="nack", tag_field="command", forbid_unknown_fields=True):
+    """``{"command": "nack", "topic", "index", "delay"?: seconds, "reason"?: str}``."""
+
+    topic: str
+    index: int
+    delay: float = 0.0
+    reason: str = "nack"
+
+
+Command = Subscribe | Unsubscribe | Send | Hello | Ack | Nack
 
 
 class Message(msgspec.Struct, tag="send", tag_field="command", frozen=True, gc=False):
@@ -81,6 +106,9 @@ class Message(msgspec.Struct, tag="send", tag_field="command", frozen=True, gc=F
     delivery: Delivery
     #: The topic's sequence number for this message, from 0 (see ``last_seen``).
     index: int
+    #: Acknowledged deliveries only (``subscribe`` with ``ack``): which
+    #: delivery of the message this is, from 1; 0 on any other delivery.
+    attempt: int = 0
 
 
 class Reply(msgspec.Struct):
@@ -117,6 +145,13 @@ class Reason:
     PATTERN_LAST_SEEN: Final = "last_seen is not allowed with a pattern"
     #: Past ``max_topics`` pattern subscriptions over the whole broker.
     TOO_MANY_PATTERNS: Final = "Too many pattern subscriptions"
+    #: Acknowledged delivery (see mqcore._acks).
+    NOT_ACKING: Final = "Not an acknowledging subscriber of this topic"
+    NOT_PENDING: Final = "Not pending: unknown index, already acknowledged, or another's"
+    BAD_PREFETCH: Final = "Invalid prefetch"
+    BAD_DELAY: Final = "Invalid delay"
+    ACK_PATTERN: Final = "An acknowledging subscription needs an exact topic"
+    WORK_QUEUE_FULL: Final = "Work queue full"
     #: A line whose handling failed in a way no rule foresaw (a bug, or out
     #: of memory): the line changed nothing more than it had, and the
     #: connection goes on with the next line.
@@ -131,7 +166,7 @@ _ENCODER: Final = msgspec.json.Encoder()
 
 SERVER_NAME: Final = "mqcore"
 #: What ``hello`` advertises beyond the reference protocol.
-PROTOCOL_FEATURES: Final = ("hello", "epoch", "quit", "line-limit", "wildcards")
+PROTOCOL_FEATURES: Final = ("hello", "epoch", "quit", "line-limit", "wildcards", "ack")
 
 
 class HelloReply(msgspec.Struct, forbid_unknown_fields=False):

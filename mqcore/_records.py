@@ -12,6 +12,13 @@ within the output never reaches the store), then its :class:`NextIndex`.
 Records of a ``one`` message delivered live, or consumed by a replay, come
 where they happen. A store applies them in order; it may merge the batches of
 several outputs into one transaction.
+
+Acknowledged delivery (:mod:`mqcore._acks`) keeps its messages apart from the
+caches, by ``(topic, index)``: :class:`JobAdd` when a message enters a work
+queue, :class:`JobAttempts` when it is delivered again, :class:`JobDone` when
+it is acknowledged or dead-lettered. :class:`DropTopic` leaves them alone (a
+job outlives its topic's cache). All three are in :attr:`Output.records`,
+stored before the reply or delivery that depends on them.
 """
 
 from __future__ import annotations
@@ -27,6 +34,10 @@ __all__ = [
     "CacheRemove",
     "CacheTrim",
     "DropTopic",
+    "JobAdd",
+    "JobAttempts",
+    "JobDone",
+    "JobState",
     "NextIndex",
     "Record",
     "TopicState",
@@ -96,7 +107,34 @@ class DropTopic(msgspec.Struct, frozen=True, gc=False):
     next_index: int
 
 
-Record = NextIndex | CacheAdd | CacheRemove | CacheTrim | DropTopic
+class JobAdd(msgspec.Struct, frozen=True, gc=False):
+    """Message ``index`` of ``topic`` entered its work queue, delivered ``attempts`` times.
+
+    ``data`` is its delivery's wire bytes, without ``"attempt"``.
+    """
+
+    topic: str
+    index: int
+    data: bytes
+    attempts: int
+
+
+class JobAttempts(msgspec.Struct, frozen=True, gc=False):
+    """Job ``index`` of ``topic`` has now been delivered ``attempts`` times."""
+
+    topic: str
+    index: int
+    attempts: int
+
+
+class JobDone(msgspec.Struct, frozen=True, gc=False):
+    """Job ``index`` of ``topic`` left its work queue: acknowledged, or dead-lettered."""
+
+    topic: str
+    index: int
+
+
+Record = NextIndex | CacheAdd | CacheRemove | CacheTrim | DropTopic | JobAdd | JobAttempts | JobDone
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,3 +144,13 @@ class TopicState:
     topic: str
     next_index: int
     cache: list[tuple[int, Delivery, bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class JobState:
+    """A job as a store saved it: unacknowledged, delivered ``attempts`` times so far."""
+
+    topic: str
+    index: int
+    data: bytes
+    attempts: int

@@ -12,11 +12,22 @@ that want restart semantics without a disk.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from ._protocol import Delivery
-from ._records import CacheAdd, CacheRemove, CacheTrim, DropTopic, NextIndex, Record, TopicState
+from ._records import (
+    CacheAdd,
+    CacheRemove,
+    DropTopic,
+    JobAdd,
+    JobAttempts,
+    JobDone,
+    JobState,
+    NextIndex,
+    Record,
+    TopicState,
+)
 
 __all__ = ["MemoryStore", "Snapshot", "Store", "StoreError", "StoreUnavailable"]
 
@@ -44,11 +55,14 @@ class Snapshot:
     ``index_floor`` is the highest ``next_index`` of any topic forgotten
     (:class:`~mqcore.DropTopic`) in this epoch: a topic created after the
     restore starts numbering there, so no index is ever handed out twice.
+    ``jobs`` are the unacknowledged messages of work queues (see
+    :mod:`mqcore._acks`), for :meth:`~mqcore.Broker.restore_jobs`.
     """
 
     epoch: str
     topics: list[TopicState]
     index_floor: int = 0
+    jobs: list[JobState] = field(default_factory=list)
 
 
 class Store(Protocol):
@@ -89,6 +103,7 @@ class MemoryStore:
         self._next: dict[str, int] = {}
         self._cache: dict[str, dict[int, tuple[Delivery, bytes]]] = {}
         self._floor = 0
+        self._jobs: dict[tuple[str, int], tuple[bytes, int]] = {}
         self._closed = False
 
     def load(self) -> Snapshot:
@@ -105,6 +120,7 @@ class MemoryStore:
                 for name in names
             ],
             self._floor,
+            [JobState(t, i, d, a) for (t, i), (d, a) in sorted(self._jobs.items())],
         )
 
     def apply(self, records: Sequence[Record]) -> None:
@@ -112,9 +128,12 @@ class MemoryStore:
         if self._closed:
             raise StoreError("memory store: closed")
         for record in records:
-            if not isinstance(record, NextIndex | CacheAdd | CacheRemove | CacheTrim | DropTopic):
+            if not isinstance(record, Record):
                 raise StoreError(f"memory store: not a record: {record!r}")
         for record in records:
+            if isinstance(record, JobAdd | JobAttempts | JobDone):
+                self._apply_job(record)
+                continue
             if isinstance(record, NextIndex):
                 # Indices only grow: a stale record must not move one back.
                 self._next[record.topic] = max(self._next.get(record.topic, 0), record.next_index)
@@ -138,6 +157,17 @@ class MemoryStore:
                         del cache[index]
                 if not cache:
                     del self._cache[record.topic]
+
+    def _apply_job(self, record: JobAdd | JobAttempts | JobDone) -> None:
+        key = (record.topic, record.index)
+        if isinstance(record, JobAdd):
+            self._jobs[key] = (record.data, record.attempts)
+        elif isinstance(record, JobAttempts):
+            job = self._jobs.get(key)
+            if job is not None:
+                self._jobs[key] = (job[0], record.attempts)
+        else:
+            self._jobs.pop(key, None)
 
     def close(self) -> None:
         """Refuse further writes (what is stored stays readable with :meth:`load`)."""

@@ -24,6 +24,7 @@ from ._client import (
     Client,
 )
 from ._connect import connect
+from ._consume import Consumer, Job
 from ._errors import (
     ConnectError,
     ConnectionLostError,
@@ -52,6 +53,8 @@ __all__ = [
     "ConnectError",
     "ConnectTimeoutError",
     "ConnectionLostError",
+    "Consumer",
+    "Job",
     "MQError",
     "MQTimeoutError",
     "Message",

@@ -26,17 +26,21 @@ import signal
 import sys
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any, Final, get_args
+from typing import Any, Final, TypeVar, get_args
 
 import anyio
 import anyio.to_thread
 import msgspec
 
-from mqcore import Delivery, __version__
+from mqcore import DEFAULT_PREFETCH, Delivery, __version__
 
+from ._client import Client
 from ._connect import connect
 from ._errors import ConnectionLostError, MQError, MQTimeoutError
+from ._protocol import Received
 from ._url import DEFAULT_HOST, DEFAULT_PORT, Address, parse_url
+
+_T = TypeVar("_T")
 
 __all__ = ["main"]
 
@@ -139,8 +143,15 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         default=None,
         metavar="N",
         help="exit after N messages. Careful with a topic of 'one' (work queue) messages: "
-        "the server hands this client every queued job at once and forgets them, so jobs "
-        "past the N-th are consumed but not printed (lost)",
+        "without --ack the server hands this client every queued job at once and forgets "
+        "them, so jobs past the N-th are consumed but not printed (lost)",
+    )
+    subscribe.add_argument(
+        "--ack",
+        action="store_true",
+        help="consume TOPIC's 'one' messages as jobs (mqcore only): ack each one once it is "
+        "printed; what is not printed goes back to the server for another consumer. With "
+        "--count N, exactly N are taken",
     )
     idle = subscribe.add_mutually_exclusive_group()
     idle.add_argument(
@@ -241,27 +252,60 @@ async def _send(args: argparse.Namespace, address: Address) -> None:
 
 
 async def _subscribe(args: argparse.Namespace, address: Address) -> None:
-    out = sys.stdout
-    idle = args.timeout if args.until_idle is None else args.until_idle
-    async with (
-        connect(address.url, reconnect=args.reconnect, **_connect_options(args)) as client,
-        client.subscribe(args.topic, args.last_seen, args.cache) as sub,
-    ):
+    async with connect(address.url, reconnect=args.reconnect, **_connect_options(args)) as client:
+        if args.ack:
+            await _consume(args, client)
+            return
+        async with client.subscribe(args.topic, args.last_seen, args.cache) as sub:
+            received = 0
+            while args.count is None or received < args.count:
+                message = await _next(args, sub)
+                if message is None:
+                    return
+                _print(args, message)
+                received += 1
+
+
+async def _consume(args: argparse.Namespace, client: Client) -> None:
+    """``subscribe --ack``: ack each job once printed; with --count, take exactly that many.
+
+    With --count, one job at a time (prefetch 1), and the consumer is paused
+    (prefetch 0) before the last ack, so no job past the N-th is delivered.
+    """
+    prefetch = DEFAULT_PREFETCH if args.count is None else 1
+    async with client.consume(args.topic, prefetch) as jobs:
         received = 0
         while args.count is None or received < args.count:
-            with anyio.move_on_after(idle) as waited:
-                message = await sub.__anext__()
-            if waited.cancelled_caught:
-                if args.until_idle is not None:
-                    return
-                raise MQTimeoutError(f"no message within {args.timeout} s")
-            if args.json:
-                out.write(msgspec.json.encode(message).decode())
-            else:
-                out.write(message.msg.translate(_ESCAPES))
-            out.write("\n")
-            out.flush()
+            job = await _next(args, jobs)
+            if job is None:
+                return
+            _print(args, job.message)
             received += 1
+            if received == args.count:
+                await jobs.set_prefetch(0)
+            await job.ack()
+
+
+async def _next(args: argparse.Namespace, source: AsyncIterator[_T]) -> _T | None:
+    """The next item, or None once --until-idle passes; raise MQTimeoutError after --timeout."""
+    idle = args.timeout if args.until_idle is None else args.until_idle
+    with anyio.move_on_after(idle) as waited:
+        item = await source.__anext__()
+    if waited.cancelled_caught:
+        if args.until_idle is not None:
+            return None
+        raise MQTimeoutError(f"no message within {args.timeout} s")
+    return item
+
+
+def _print(args: argparse.Namespace, message: Received) -> None:
+    out = sys.stdout
+    if args.json:
+        out.write(msgspec.json.encode(message).decode())
+    else:
+        out.write(message.msg.translate(_ESCAPES))
+    out.write("\n")
+    out.flush()
 
 
 async def _interruptible(

@@ -29,10 +29,11 @@ from typing import Final
 import anyio
 import anyio.lowlevel
 
-from mqcore import Delivery, HelloReply, Send
+from mqcore import DEFAULT_PREFETCH, Delivery, HelloReply, Send
 from mqcore._subjects import is_pattern
 
 from ._connection import Connection, open_stream
+from ._consume import Consumer
 from ._errors import (
     ConnectionLostError,
     ConnectTimeoutError,
@@ -254,6 +255,15 @@ class Client:
                 max_queued_bytes=queued_bytes,
             )
         return Subscription(state, self._open, self._close, self._timeout)
+
+    def consume(self, topic: str, prefetch: int = DEFAULT_PREFETCH) -> Consumer:
+        """Return a consumer of ``topic``'s jobs; ``async with`` it, then ``async for`` over it.
+
+        Each :class:`Job` must be acked (``async with job:`` does it, or
+        nacks on an exception); at most ``prefetch`` are unacked at once.
+        See :mod:`mqcore_client._consume` for the rules.
+        """
+        return Consumer(self, topic, prefetch)
 
     # -- waiting --------------------------------------------------------------------
 

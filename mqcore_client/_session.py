@@ -54,6 +54,7 @@ from typing import Final
 from mqcore import Command, Hello, HelloReply, Reply, Subscribe, Unsubscribe
 from mqcore._subjects import is_pattern, matches
 
+from ._consume import ConsumerState
 from ._errors import ConnectionLostError, MQError, ProtocolError, ServerError
 from ._protocol import ENCODER, LineReader, Received, classify, decode_hello
 from ._subscription_state import SubscriptionState, SubState
@@ -107,6 +108,8 @@ class Session:
         self.seen: dict[str, int] = {}
         #: Local subscriptions by topic; a list is replaced, never mutated.
         self.subs: dict[str, list[SubscriptionState]] = {}
+        #: Acknowledging consumers by topic (see mqcore_client._consume).
+        self.consumers: dict[str, ConsumerState] = {}
         #: The server's ``hello`` reply (``None`` for a plain server).
         self.server: HelloReply | None = None
         #: True between :meth:`establish` and :meth:`connection_lost`.
@@ -157,6 +160,8 @@ class Session:
             else:
                 changed = old.epoch != info.epoch or old.server != info.server
             self._resubscribe(changed)
+            for consumer in self.consumers.values():
+                self.enqueue(consumer.command(), consumer.answered)
         self.online = True
 
     def connection_lost(self, error: ConnectionLostError) -> None:
@@ -175,6 +180,8 @@ class Session:
             for subs in self.subs.values():
                 for sub in subs:
                     sub.offline()
+            for consumer in self.consumers.values():
+                consumer.offline()
 
     def close(self, error: ConnectionLostError) -> None:
         """The client is done for good: every subscription ends with ``error``."""
@@ -185,6 +192,9 @@ class Session:
         for topic_subs in subs.values():
             for sub in topic_subs:
                 sub.fail(error)
+        consumers, self.consumers = self.consumers, {}
+        for consumer in consumers.values():
+            consumer.fail(error)
 
     # -- commands ----------------------------------------------------------------
 
@@ -256,6 +266,9 @@ class Session:
                     continue
                 if isinstance(outcome, Received):
                     topic = outcome.topic
+                    if outcome.attempt and topic in self.consumers:
+                        self.consumers[topic].deliver(outcome)
+                        continue
                     targets = self._route(topic) if self._patterns else subs.get(topic)
                     if targets:
                         # max(): a replay goes back below live messages.

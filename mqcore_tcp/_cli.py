@@ -14,8 +14,10 @@ from pathlib import Path
 import anyio
 
 from mqcore import (
+    DEFAULT_ACK_WAIT,
     DEFAULT_CACHE_SIZE,
     DEFAULT_MAX_CACHE_BYTES,
+    DEFAULT_MAX_DELIVER,
     DEFAULT_MAX_LINE_BYTES,
     DEFAULT_MAX_TOPIC_BYTES,
     DEFAULT_MAX_TOPICS,
@@ -50,6 +52,16 @@ def _non_negative(text: str) -> int:
 
 def _positive(text: str) -> int:
     return _integer(text, 1)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value <= 86_400:
+        raise argparse.ArgumentTypeError(f"must be > 0 and <= 86400, got {text}")
+    return value
 
 
 def _port(text: str) -> int:
@@ -163,6 +175,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "whatever their topic, are evicted (default: %(default)s)",
     )
     parser.add_argument(
+        "--ack-wait",
+        type=_seconds,
+        default=DEFAULT_ACK_WAIT,
+        help="seconds an acknowledging subscriber has to ack a message before it is "
+        "redelivered (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-deliver",
+        type=_positive,
+        default=DEFAULT_MAX_DELIVER,
+        help="deliveries of a message to acknowledging subscribers before it moves to "
+        "topic T.dead (default: %(default)s)",
+    )
+    parser.add_argument(
         "--log-level",
         default="INFO",
         choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
@@ -236,6 +262,8 @@ def config_of(args: argparse.Namespace) -> ServerConfig:
         max_topics=args.max_topics,
         max_topic_bytes=args.max_topic_bytes,
         max_cache_bytes=args.max_cache_bytes,
+        ack_wait=args.ack_wait,
+        max_deliver=args.max_deliver,
     )
 
 

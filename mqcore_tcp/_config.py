@@ -6,8 +6,10 @@ from dataclasses import dataclass
 from typing import Final
 
 from mqcore import (
+    DEFAULT_ACK_WAIT,
     DEFAULT_CACHE_SIZE,
     DEFAULT_MAX_CACHE_BYTES,
+    DEFAULT_MAX_DELIVER,
     DEFAULT_MAX_LINE_BYTES,
     DEFAULT_MAX_TOPIC_BYTES,
     DEFAULT_MAX_TOPICS,
@@ -37,6 +39,9 @@ class ServerConfig:
     max_topics: int = DEFAULT_MAX_TOPICS
     max_topic_bytes: int = DEFAULT_MAX_TOPIC_BYTES
     max_cache_bytes: int = DEFAULT_MAX_CACHE_BYTES
+    #: Acknowledged delivery (see mqcore._acks): seconds to ack, deliveries before T.dead.
+    ack_wait: float = DEFAULT_ACK_WAIT
+    max_deliver: int = DEFAULT_MAX_DELIVER
 
     def urls(self) -> tuple[str, ...]:
         """The listener URLs this configuration asks for."""

@@ -29,12 +29,20 @@ the list is stored once the connection reports that many bytes sent
 (written minus :attr:`Connection.queued`). When a connection is dropped or
 lost with those bytes unsent, the list is discarded: the store still holds
 those messages, and they are delivered again after a restart.
+
+Time for acknowledged delivery. The broker has no clock: the hub gives it
+the monotonic time before each read it feeds (a delivery's ack wait counts
+from it) and when a connection ends, and :meth:`Hub.run`'s timer task sleeps
+until :meth:`mqcore.Broker.next_deadline`, then advances the broker and
+applies its output. A deadline earlier than the one the timer sleeps for
+(a nack with a short delay) wakes it: :meth:`Hub.flush` checks, once per batch.
 """
 
 from __future__ import annotations
 
 import logging
 import random
+import time
 import uuid
 from collections import deque
 from collections.abc import Callable
@@ -54,6 +62,8 @@ log = logging.getLogger("mqcore_tcp")
 
 #: How long a graceful stop waits for the store, then for owed bytes to be written.
 SHUTDOWN_GRACE: Final = 5.0
+#: The longest the ack timer sleeps (it is woken sooner when needed).
+TICK: Final = 1.0
 
 
 class _Link:
@@ -91,6 +101,9 @@ class Hub:
         )
         self._links: dict[ConnectionId, _Link] = {}
         self._idle = anyio.Event()
+        # The ack timer's wake-up: when it is due, and the event that wakes it sooner.
+        self._wake_at = 0.0
+        self._wake = anyio.Event()
 
     # -- the transports' side ---------------------------------------------------------
 
@@ -108,11 +121,17 @@ class Hub:
 
     def receive(self, cid: ConnectionId, data: bytes) -> None:
         """Feed bytes read from ``cid``; call :meth:`flush` after a batch of reads."""
-        self.broker.receive_data(cid, data)
+        broker = self.broker
+        broker.advance(time.monotonic())
+        broker.receive_data(cid, data)
 
     def flush(self) -> None:
         """Apply (through the commit pipeline, if durable) everything the broker produced."""
-        self._dispatch(self.broker.take_output())
+        broker = self.broker
+        self._dispatch(broker.take_output())
+        deadline = broker.next_deadline()
+        if deadline is not None and deadline < self._wake_at:
+            self._wake.set()
 
     def receive_eof(self, cid: ConnectionId) -> None:
         """``cid`` will send nothing more: it gets what it is owed, then is closed.
@@ -135,7 +154,10 @@ class Hub:
         link = self._links.pop(cid, None)
         if link is None:
             return
+        self.broker.advance(time.monotonic())
         self._forget(cid, link)
+        # Its pending jobs went to other consumers.
+        self.flush()
         log.debug("connection %d from %s closed", cid, link.peer)
 
     def backlogged(self, cid: ConnectionId) -> bool:
@@ -151,14 +173,36 @@ class Hub:
     # -- the server's side ------------------------------------------------------------
 
     async def run(self, on_store_failure: Callable[[], None]) -> None:
-        """Run the commit pipeline (if durable) until cancelled; log a store failure, call back."""
-        if self._committer is None:
-            return
-        try:
-            await self._committer.run()
-        except StoreError as exc:
-            log.error("%s; stopping, as nothing more can be acknowledged", exc)
-            on_store_failure()
+        """Run the ack timer, and the commit pipeline (if durable), until cancelled.
+
+        A store failure is logged, then ``on_store_failure`` is called.
+        """
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._ack_timer)
+            if self._committer is None:
+                return
+            try:
+                await self._committer.run()
+            except StoreError as exc:
+                log.error("%s; stopping, as nothing more can be acknowledged", exc)
+                on_store_failure()
+            tg.cancel_scope.cancel()
+
+    async def _ack_timer(self) -> None:
+        """Advance the broker's clock at its next deadline (at most every TICK)."""
+        broker = self.broker
+        while True:
+            now = time.monotonic()
+            deadline = broker.next_deadline()
+            if deadline is not None and deadline <= now:
+                broker.advance(now)
+                self.flush()
+                continue
+            pause = TICK if deadline is None else min(TICK, deadline - now)
+            self._wake_at = now + pause
+            self._wake = anyio.Event()
+            with anyio.move_on_after(pause):
+                await self._wake.wait()
 
     def _storage_changed(self, available: bool) -> None:
         # Sends are refused ("Storage unavailable") while the store cannot
@@ -300,9 +344,13 @@ def _new_broker(config: ServerConfig, store: Store | None) -> Broker:
         durable=snapshot is not None,
         # In memory, numbering starts from 0 at every start: a new epoch.
         epoch=uuid.uuid4().hex if snapshot is None else snapshot.epoch,
+        ack_wait=config.ack_wait,
+        max_deliver=config.max_deliver,
     )
+    broker.advance(time.monotonic())
     if store is not None and snapshot is not None:
         broker.restore(snapshot.topics, snapshot.index_floor)
+        broker.restore_jobs(snapshot.jobs)
         # Restoring may trim caches (a smaller cache size or byte budget than
         # last run): store that first.
         records = broker.take_output().records

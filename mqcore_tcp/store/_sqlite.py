@@ -56,6 +56,7 @@ from mqcore import CacheAdd, NextIndex, Record, Snapshot, StoreError, StoreUnava
 
 from . import _salvage
 from ._format import checksum, parse_message, split_chunk
+from ._jobs import CREATE_JOBS, load_jobs, plan_jobs, split_jobs
 from ._load import read_store
 from ._planner import Mirror, WritePlan, plan
 from ._sql import (
@@ -123,6 +124,8 @@ class SQLiteStore:
         self._state = StateFile(self.path.with_suffix(".state"))
         self._epoch, self._commits = "", 0
         self._conn = self._open()
+        # Schema 2 as older mqcore (and a salvage) writes it has no jobs table.
+        self._conn.execute(CREATE_JOBS)
         self._epoch, self._commits = self._read_meta()
         self._check_state_file()
 
@@ -303,7 +306,10 @@ class SQLiteStore:
                 f"dropped {found.dropped} stored message(s) and {len(found.bad_topics)} topic(s) "
                 "that were not intact (bad checksum, UTF-8 or JSON)"
             )
-        return Snapshot(self._epoch, found.topics, found.mirror.index_floor)
+        jobs, damaged = load_jobs(conn)
+        if damaged:
+            self._lost(f"dropped {damaged} stored job(s) that were not intact", new_epoch=False)
+        return Snapshot(self._epoch, found.topics, found.mirror.index_floor, jobs)
 
     def apply(self, records: Sequence[Record]) -> None:
         """Store ``records`` in one transaction (see :mod:`._planner` for what is written).
@@ -315,17 +321,22 @@ class SQLiteStore:
         if self._closed or self._broken:
             why = "closed" if self._closed else "a write could not be rolled back; restart"
             raise StoreError(f"cannot write to store {self.path}: {why}")
+        records, job_records = split_jobs(records)
         try:
             writes = plan(self._mirror, records)
         except TypeError as exc:
             raise StoreError(f"store {self.path}: {exc}") from None
         if writes is None:
-            return
+            if not job_records:
+                return
+            writes = WritePlan()  # only jobs: the commit is still counted
         commits = self._commits + 1
         conn = self._conn
         try:
             with transaction(conn):
                 self._write(conn, writes, commits)
+                if job_records:
+                    plan_jobs(job_records).write(conn)
         except sqlite3.Error as exc:
             try:
                 rolled_back = not conn.in_transaction
