@@ -5,6 +5,7 @@ Feed a :class:`Broker` the bytes each connection sends; take an
 live elsewhere: ``mqcore_tcp`` serves it over TCP.
 """
 
+from ._auth import Credentials, HelloRequest, Permissions
 from ._broker import (
     DEFAULT_CACHE_SIZE,
     DEFAULT_MAX_CACHE_BYTES,
@@ -51,14 +52,17 @@ __all__ = [
     "CacheTrim",
     "Command",
     "ConnectionId",
+    "Credentials",
     "Delivery",
     "DropTopic",
     "Hello",
     "HelloReply",
+    "HelloRequest",
     "MemoryStore",
     "Message",
     "NextIndex",
     "Output",
+    "Permissions",
     "Reason",
     "Record",
     "Reply",
