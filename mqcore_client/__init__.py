@@ -25,6 +25,7 @@ from ._client import (
 )
 from ._connect import connect
 from ._errors import (
+    AuthenticationError,
     ConnectError,
     ConnectionLostError,
     ConnectTimeoutError,
@@ -48,6 +49,7 @@ __all__ = [
     "DEFAULT_PORT",
     "DEFAULT_TIMEOUT",
     "Address",
+    "AuthenticationError",
     "Client",
     "ConnectError",
     "ConnectTimeoutError",

@@ -17,22 +17,35 @@ the bytes. The client adds what needs a clock or a task:
   raised by :func:`connect`), runs a connection until it ends, and with
   ``reconnect`` tries again with exponential backoff and full jitter; the
   session re-issues every subscription from where it stopped.
+- **Credentials and TLS.** ``token`` or ``user``/``password`` (or the URL's)
+  go in every connection's ``hello``, reconnections included; a refusal
+  (``Authentication failed``/``required``) is an :class:`AuthenticationError`
+  that ends the client, never retried. ``Too many connections`` is a
+  :class:`ConnectError` (retried with backoff when reconnecting).
+- **Heartbeats** (``heartbeat=S``, opt-in): the client asks for them in
+  ``hello``; if the server agrees, the client writes an empty line every
+  quarter interval and drops (then, with ``reconnect``, re-establishes) a
+  connection on which nothing was read for the agreed interval.
 """
 
 from __future__ import annotations
 
 import random
+import ssl
 from collections import deque
 from collections.abc import Callable
 from typing import Final
 
 import anyio
 import anyio.lowlevel
+import msgspec
 
-from mqcore import Delivery, HelloReply, Send
+from mqcore import Delivery, Hello, HelloReply, Reason, Send
 
 from ._connection import Connection, open_stream
 from ._errors import (
+    AuthenticationError,
+    ConnectError,
     ConnectionLostError,
     ConnectTimeoutError,
     MQTimeoutError,
@@ -65,6 +78,10 @@ DEFAULT_TIMEOUT: Final = 10.0
 _OUT_HIGH: Final = 256 << 10
 #: Closing a stream never waits longer than this.
 _CLOSE_TIMEOUT: Final = 1.0
+#: Replies to ``hello`` that mean the credentials are refused or missing.
+_AUTH_REASONS: Final = frozenset({Reason.AUTH_FAILED, Reason.AUTH_REQUIRED})
+#: How often (per agreed interval) a heartbeat is written and the server's silence checked.
+_BEATS_PER_INTERVAL: Final = 4
 
 
 class Client:
@@ -90,6 +107,11 @@ class Client:
         max_queued_bytes: int,
         on_disconnect: Callable[[ConnectionLostError], object] | None,
         on_reconnect: Callable[[], object] | None,
+        ssl_context: ssl.SSLContext | None = None,
+        token: str | None = None,
+        user: str | None = None,
+        password: str | None = None,
+        heartbeat: float | None = None,
     ) -> None:
         if max_in_flight < 1 or max_queued < 1 or max_queued_bytes < 1:
             raise ValueError("max_in_flight, max_queued and max_queued_bytes must be >= 1")
@@ -107,6 +129,13 @@ class Client:
         self._max_queued_bytes = max_queued_bytes
         self._on_disconnect = on_disconnect
         self._on_reconnect = on_reconnect
+        self._ssl_context = ssl_context
+        self._hello = _hello_command(
+            token=token,
+            user=user if user is not None else address.user,
+            password=password if password is not None else address.password,
+            heartbeat=heartbeat,
+        )
         self._session = Session()
         self._conn: Connection | None = None
         self.started = anyio.Event()
@@ -327,7 +356,7 @@ class Client:
             error: ConnectionLostError
             try:
                 with anyio.fail_after(self._connect_timeout):
-                    stream = await open_stream(self.address)
+                    stream = await open_stream(self.address, self._ssl_context)
             except TimeoutError:
                 error = ConnectTimeoutError(
                     f"timed out connecting to {self.address} after {self._connect_timeout} s"
@@ -339,9 +368,12 @@ class Client:
                 if established:
                     first = False
                     delay = self._reconnect_delay
-            if first:
-                self.start_error = error
-                self.started.set()
+            if first or isinstance(error, AuthenticationError):
+                if not self.started.is_set():
+                    self.start_error = error
+                    self.started.set()
+                    return
+                self.shut(error)  # the same credentials would be refused again
                 return
             if self._closing or not self._reconnect:
                 self.shut(error)
@@ -351,10 +383,10 @@ class Client:
             delay = min(delay * 2, self._reconnect_max_delay)
 
     async def _serve(
-        self, stream: anyio.abc.SocketStream, first: bool
+        self, stream: anyio.abc.ByteStream, first: bool
     ) -> tuple[bool, ConnectionLostError]:
         """Run one connection: handshake, resubscribe, then serve until it ends."""
-        hello = self._session.start_connection()
+        hello = self._session.start_connection(self._hello)
         conn = Connection(
             stream, self._session, self.address, on_input=self._release, on_lost=self._lost
         )
@@ -374,6 +406,8 @@ class Client:
                     self.started.set()
                     if not first and self._on_reconnect is not None:
                         self._on_reconnect()
+                    if info is not None and info.heartbeat is not msgspec.UNSET:
+                        tg.start_soon(self._heartbeat, conn, info.heartbeat)
                     await conn.ended.wait()
                 tg.cancel_scope.cancel()
         finally:
@@ -398,11 +432,38 @@ class Client:
             return None
         if isinstance(hello.error, ConnectionLostError):
             return None  # conn.error says why.
+        if isinstance(hello.error, ServerError):
+            reason = hello.error.reason
+            if reason in _AUTH_REASONS:
+                conn.end(AuthenticationError(reason, self.address))
+                return None
+            if reason == Reason.TOO_MANY_CONNECTIONS:
+                conn.end(ConnectError(f"{self.address} refused the connection: {reason}"))
+                return None
         try:
             return self._session.hello_reply(hello)
         except ProtocolError as exc:
             conn.end(exc)
             return None
+
+    async def _heartbeat(self, conn: Connection, interval: float) -> None:
+        """Beat every quarter interval; end ``conn`` once nothing was read for ``interval``."""
+        period = interval / _BEATS_PER_INTERVAL
+        reads, quiet = conn.reads, 0
+        while conn.error is None:
+            await anyio.sleep(period)
+            self._session.out += b"\n"  # no reply: the server only notes it heard us
+            conn.kick()
+            if conn.reads != reads:
+                reads, quiet = conn.reads, 0
+                continue
+            quiet += 1
+            if quiet >= _BEATS_PER_INTERVAL:
+                conn.end(
+                    ConnectionLostError(
+                        f"{self.address} sent nothing for {interval} s (heartbeat interval)"
+                    )
+                )
 
     def _lost(self, conn: Connection, error: ConnectionLostError) -> None:
         """The connection ended: fail what it owed, and go offline."""
@@ -428,3 +489,22 @@ class Client:
         self._release(lost=True)
 
 
+
+
+def _hello_command(
+    *, token: str | None, user: str | None, password: str | None, heartbeat: float | None
+) -> Hello:
+    """The ``hello`` every connection starts with: credentials and heartbeat only if given."""
+    if token is not None and user is not None:
+        raise ValueError("give a token or a user and password, not both")
+    if (user is None) != (password is None):
+        raise ValueError("give both user and password")
+    if heartbeat is not None and not heartbeat > 0:
+        raise ValueError("heartbeat must be a positive number of seconds")
+    unset = msgspec.UNSET
+    return Hello(
+        user=unset if user is None else user,
+        password=unset if password is None else password,
+        token=unset if token is None else token,
+        heartbeat=unset if heartbeat is None else heartbeat,
+    )
