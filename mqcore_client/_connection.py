@@ -59,7 +59,9 @@ async def open_stream(
         else:
             stream = await anyio.connect_tcp(address.host, address.port)
     except ssl.SSLError as exc:
-        raise ConnectError(f"TLS handshake with {address} failed: {exc.reason or exc}") from None
+        verify = getattr(exc, "verify_message", None)
+        why = f"certificate verify failed: {verify}" if verify else exc.reason or exc
+        raise ConnectError(f"TLS handshake with {address} failed: {why}") from None
     except (anyio.EndOfStream, anyio.BrokenResourceError):
         raise ConnectError(f"{address} closed the connection during the TLS handshake") from None
     except OSError as exc:

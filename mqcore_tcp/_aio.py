@@ -92,6 +92,8 @@ class AioConnection(asyncio.Protocol):
         self._refused = 0
         self._resume: asyncio.Task[None] | None = None
         self._deadline: asyncio.TimerHandle | None = None
+        # asyncio's SSL transport closes at end of input whatever eof_received returns.
+        self._tls = False
 
     # -- asyncio callbacks ----------------------------------------------------------
 
@@ -99,6 +101,7 @@ class AioConnection(asyncio.Protocol):
         """Register the new connection with the hub."""
         # A stream transport (not an isinstance check: uvloop's do not subclass asyncio's).
         self.transport = cast(asyncio.Transport, transport)
+        self._tls = transport.get_extra_info("sslcontext") is not None
         sock = transport.get_extra_info("socket")
         if sock is not None:
             keep_alive(sock)
@@ -134,7 +137,7 @@ class AioConnection(asyncio.Protocol):
             return False
         self.flusher.flush()
         self.hub.receive_eof(self.cid)
-        return True
+        return not self._tls
 
     def resume_writing(self) -> None:
         """asyncio's buffer drained into the kernel (durable mode sets a high-water mark of 0)."""

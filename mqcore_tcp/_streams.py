@@ -43,8 +43,11 @@ _GONE = (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError
 class StreamConnection:
     """One connection's write side on an anyio byte stream."""
 
-    def __init__(self, stream: anyio.abc.ByteStream) -> None:
+    def __init__(self, stream: anyio.abc.ByteStream, tls: bool = False) -> None:
         self.stream = stream
+        # A TLS stream has no half close before TLS 1.3 (and anyio's fails on a
+        # closed one): it is closed after its last bytes instead.
+        self._tls = tls
         self._queue: list[bytes] = []
         self._queued = 0
         self._wake = anyio.Event()
@@ -108,8 +111,9 @@ class StreamConnection:
                 else:
                     self._wake = anyio.Event()
                     await self._wake.wait()
-            await stream.send_eof()
-            await self._ended.wait()
+            if not self._tls:
+                await stream.send_eof()
+                await self._ended.wait()
         except (*_GONE, NotImplementedError, OSError):
             pass  # gone, or the peer reset it before the end
         self.scope.cancel()
@@ -134,7 +138,7 @@ async def serve_stream(
             await anyio.aclose_forcefully(stream)
             return
         identity = peer_identity(stream.extra(TLSAttribute.peer_certificate))
-    conn = StreamConnection(stream)
+    conn = StreamConnection(stream, tls=tls is not None)
     cid = hub.connect(conn, peer, identity)
     try:
         with conn.scope:
