@@ -434,11 +434,15 @@ class Client:
             return None  # conn.error says why.
         if isinstance(hello.error, ServerError):
             reason = hello.error.reason
+            refusal: ConnectionLostError | None = None
             if reason in _AUTH_REASONS:
-                conn.end(AuthenticationError(reason, self.address))
-                return None
-            if reason == Reason.TOO_MANY_CONNECTIONS:
-                conn.end(ConnectError(f"{self.address} refused the connection: {reason}"))
+                refusal = AuthenticationError(reason, self.address)
+            elif reason == Reason.TOO_MANY_CONNECTIONS:
+                refusal = ConnectError(f"{self.address} refused the connection: {reason}")
+            if refusal is not None:
+                conn.end(refusal)
+                # The server's reason, not how the stream then ended (it closes right after).
+                conn.error = refusal
                 return None
         try:
             return self._session.hello_reply(hello)
