@@ -51,7 +51,7 @@ async def auth_server(
 @BOTH_BACKENDS
 @pytest.mark.parametrize("transport", ["tcp", "unix"])
 async def test_commands_before_hello_need_authentication(tmp_path: Path, transport: str) -> None:
-    async with auth_server(tmp_path, transport) as (_, open_client):
+    async with auth_server(tmp_path, transport) as (_, open_client):  # noqa: SIM117 (the inner with uses its names)
         async with await open_client() as client:
             assert await client.request(send("orders.1", "m")) == AUTH_REQUIRED
             assert await client.request(sub("orders.1")) == AUTH_REQUIRED
@@ -88,7 +88,7 @@ async def test_wrong_credentials_fail_then_the_connection_closes(
 @pytest.mark.anyio
 @BOTH_BACKENDS
 async def test_permissions_refuse_and_nothing_is_delivered_or_cached(tmp_path: Path) -> None:
-    async with auth_server(tmp_path) as (server, open_client):
+    async with auth_server(tmp_path) as (server, open_client):  # noqa: SIM117 (the inner with uses its names)
         async with await open_client() as alice, await open_client() as bot:
             assert (await alice.request(ALICE))["success"]
             assert (await bot.request({"command": "hello", "token": "t0ken-s3cret"}))["success"]
@@ -131,7 +131,7 @@ async def test_the_client_authenticates_on_every_connection(tmp_path: Path) -> N
 @pytest.mark.anyio
 @BOTH_BACKENDS
 async def test_a_connection_that_does_not_authenticate_in_time_is_closed(tmp_path: Path) -> None:
-    async with auth_server(tmp_path, auth_timeout=1.0) as (_, open_client):
+    async with auth_server(tmp_path, auth_timeout=1.0) as (_, open_client):  # noqa: SIM117 (the inner with uses its names)
         async with await open_client() as idle, await open_client() as good:
             assert (await good.request(ALICE))["success"]
             with anyio.fail_after(5):
@@ -142,7 +142,7 @@ async def test_a_connection_that_does_not_authenticate_in_time_is_closed(tmp_pat
 @pytest.mark.anyio
 @BOTH_BACKENDS
 async def test_reloading_restricts_and_removes_users_of_live_connections(tmp_path: Path) -> None:
-    async with auth_server(tmp_path) as (server, open_client):
+    async with auth_server(tmp_path) as (server, open_client):  # noqa: SIM117 (the inner with uses its names)
         async with await open_client() as alice, await open_client() as bot:
             assert (await alice.request(ALICE))["success"]
             assert (await bot.request({"command": "hello", "token": "t0ken-s3cret"}))["success"]
