@@ -41,12 +41,24 @@ async def test_hostile_peers_leave_a_working_server_at_its_memory(
     users = write_auth(tmp_path / "users.toml", USERS)
     sock = tmp_path / "mq.sock"
     async with server_process(
-        "--backend", backend,
-        "--listen", "mqcores://127.0.0.1:0",
-        "--listen", f"unix://{sock}",
-        "--tls-cert", str(certs.cert), "--tls-key", str(certs.key),
-        "--auth", str(users), "--auth-timeout", "2", "--line-timeout", "1",
-        "--max-connections", "100",
+        "--backend",
+        backend,
+        "--listen",
+        "mqcores://127.0.0.1:0",
+        "--listen",
+        f"unix://{sock}",
+        "--tls-cert",
+        str(certs.cert),
+        "--tls-key",
+        str(certs.key),
+        "--auth",
+        str(users),
+        "--auth-timeout",
+        "2",
+        "--line-timeout",
+        "1",
+        "--max-connections",
+        "100",
     ) as server:
         pid = server.process.pid
         trust = certs.client_context()

@@ -52,12 +52,14 @@ async def test_the_connection_past_the_limit_is_refused_and_others_are_served(
 
 
 async def test_the_client_reports_too_many_connections(tmp_path: Path) -> None:
-    async with in_process(max_connections=1) as server:
-        async with await RawClient.tcp(server.port) as holder:
-            assert await holder.request(send("t", "1")) == OK
-            with pytest.raises(ConnectError, match="Too many connections"):
-                async with mqcore_client.connect("127.0.0.1", server.port):
-                    pass
+    async with (
+        in_process(max_connections=1) as server,
+        await RawClient.tcp(server.port) as holder,
+    ):
+        assert await holder.request(send("t", "1")) == OK
+        with pytest.raises(ConnectError, match="Too many connections"):
+            async with mqcore_client.connect("127.0.0.1", server.port):
+                pass
 
 
 @pytest.mark.parametrize("transport", ["tcp", "unix"])
@@ -84,30 +86,33 @@ async def test_a_line_left_unfinished_past_the_timeout_closes_the_connection(
 
 
 async def test_a_silent_heartbeat_client_is_dropped_and_a_plain_one_is_not() -> None:
-    async with in_process() as server:
-        async with await RawClient.tcp(server.port) as beating, await RawClient.tcp(
-            server.port
-        ) as plain:
-            reply = await beating.request({"command": "hello", "heartbeat": 1})
-            assert reply["heartbeat"] == 1.0
-            hello = await plain.request({"command": "hello"})
-            assert "heartbeat" not in hello
-            # The server beats (empty lines, skipped by read()), then drops it for silence.
-            with anyio.fail_after(5):
-                data = b""
-                try:
-                    while True:
-                        data += await beating.stream.receive()
-                except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
-                    pass
-            assert b"\r\n" in data
-            assert await plain.request(send("t", "m")) == OK
+    async with (
+        in_process() as server,
+        await RawClient.tcp(server.port) as beating,
+        await RawClient.tcp(server.port) as plain,
+    ):
+        reply = await beating.request({"command": "hello", "heartbeat": 1})
+        assert reply["heartbeat"] == 1.0
+        hello = await plain.request({"command": "hello"})
+        assert "heartbeat" not in hello
+        # The server beats (empty lines, skipped by read()), then drops it for silence.
+        with anyio.fail_after(5):
+            data = b""
+            try:
+                while True:
+                    data += await beating.stream.receive()
+            except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+                pass
+        assert b"\r\n" in data
+        assert await plain.request(send("t", "m")) == OK
 
 
 async def test_the_client_keeps_a_heartbeat_connection_alive() -> None:
-    async with in_process() as server:
-        async with mqcore_client.connect("127.0.0.1", server.port, heartbeat=1.0) as client:
-            await anyio.sleep(2.5)  # past the interval: the client's beats keep it alive
-            await client.send("t", "alive")
-            assert client.server is not None
-            assert client.server.heartbeat == 1.0
+    async with (
+        in_process() as server,
+        mqcore_client.connect("127.0.0.1", server.port, heartbeat=1.0) as client,
+    ):
+        await anyio.sleep(2.5)  # past the interval: the client's beats keep it alive
+        await client.send("t", "alive")
+        assert client.server is not None
+        assert client.server.heartbeat == 1.0
