@@ -169,24 +169,24 @@ class Grant:
     def may_publish(self, topic: str) -> bool:
         """Cached :meth:`Permissions.may_publish`: the hot path's one dict lookup."""
         known = self.published.get(topic)
-        if known is not None:
-            return known
-        published = self.published
-        if len(published) >= GRANT_CACHE_SIZE:
-            published.clear()
-        known = published[topic] = self.permissions.may_publish(topic)
+        if known is None:
+            known = _remember(self.published, topic, self.permissions.may_publish(topic))
         return known
 
     def may_subscribe(self, topic: str) -> bool:
         """Cached :meth:`Permissions.may_subscribe`."""
         known = self.subscribed.get(topic)
-        if known is not None:
-            return known
-        subscribed = self.subscribed
-        if len(subscribed) >= GRANT_CACHE_SIZE:
-            subscribed.clear()
-        known = subscribed[topic] = self.permissions.may_subscribe(topic)
+        if known is None:
+            known = _remember(self.subscribed, topic, self.permissions.may_subscribe(topic))
         return known
+
+
+def _remember(cache: dict[str, bool], topic: str, answer: bool) -> bool:
+    """Cache ``answer`` for ``topic``, forgetting every answer once the cache is full."""
+    if len(cache) >= GRANT_CACHE_SIZE:
+        cache.clear()
+    cache[topic] = answer
+    return answer
 
 
 class Pending:
