@@ -50,7 +50,7 @@ from mqcore._subjects import is_pattern, pattern_problem
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
+    import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
 
 __all__ = [
     "MAX_CONCURRENT",
