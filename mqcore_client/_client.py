@@ -17,15 +17,8 @@ the bytes. The client adds what needs a clock or a task:
   raised by :func:`connect`), runs a connection until it ends, and with
   ``reconnect`` tries again with exponential backoff and full jitter; the
   session re-issues every subscription from where it stopped.
-- **Credentials and TLS.** ``token`` or ``user``/``password`` (or the URL's)
-  go in every connection's ``hello``, reconnections included; a refusal
-  (``Authentication failed``/``required``) is an :class:`AuthenticationError`
-  that ends the client, never retried. ``Too many connections`` is a
-  :class:`ConnectError` (retried with backoff when reconnecting).
-- **Heartbeats** (``heartbeat=S``, opt-in): the client asks for them in
-  ``hello``; if the server agrees, the client writes an empty line every
-  quarter interval and drops (then, with ``reconnect``, re-establishes) a
-  connection on which nothing was read for the agreed interval.
+- **Credentials, TLS, heartbeats** go in every connection's ``hello``
+  (see ``_hello``); an :class:`AuthenticationError` ends the client, never retried.
 """
 
 from __future__ import annotations
@@ -40,18 +33,18 @@ import anyio
 import anyio.lowlevel
 import msgspec
 
-from mqcore import Delivery, Hello, HelloReply, Reason, Send
+from mqcore import Delivery, HelloReply, Send
 
 from ._connection import Connection, open_stream
 from ._errors import (
     AuthenticationError,
-    ConnectError,
     ConnectionLostError,
     ConnectTimeoutError,
     MQTimeoutError,
     ProtocolError,
     ServerError,
 )
+from ._hello import heartbeat, hello_command, refusal_of
 from ._session import Request, Session
 from ._subscription import Subscription
 from ._subscription_state import SubscriptionState
@@ -78,10 +71,6 @@ DEFAULT_TIMEOUT: Final = 10.0
 _OUT_HIGH: Final = 256 << 10
 #: Closing a stream never waits longer than this.
 _CLOSE_TIMEOUT: Final = 1.0
-#: Replies to ``hello`` that mean the credentials are refused or missing.
-_AUTH_REASONS: Final = frozenset({Reason.AUTH_FAILED, Reason.AUTH_REQUIRED})
-#: How often (per agreed interval) a heartbeat is written and the server's silence checked.
-_BEATS_PER_INTERVAL: Final = 4
 
 
 class Client:
@@ -130,7 +119,7 @@ class Client:
         self._on_disconnect = on_disconnect
         self._on_reconnect = on_reconnect
         self._ssl_context = ssl_context
-        self._hello = _hello_command(
+        self._hello = hello_command(
             token=token,
             user=user if user is not None else address.user,
             password=password if password is not None else address.password,
@@ -407,7 +396,7 @@ class Client:
                     if not first and self._on_reconnect is not None:
                         self._on_reconnect()
                     if info is not None and info.heartbeat is not msgspec.UNSET:
-                        tg.start_soon(self._heartbeat, conn, info.heartbeat)
+                        tg.start_soon(heartbeat, self._session, conn, info.heartbeat)
                     await conn.ended.wait()
                 tg.cancel_scope.cancel()
         finally:
@@ -433,12 +422,7 @@ class Client:
         if isinstance(hello.error, ConnectionLostError):
             return None  # conn.error says why.
         if isinstance(hello.error, ServerError):
-            reason = hello.error.reason
-            refusal: ConnectionLostError | None = None
-            if reason in _AUTH_REASONS:
-                refusal = AuthenticationError(reason, self.address)
-            elif reason == Reason.TOO_MANY_CONNECTIONS:
-                refusal = ConnectError(f"{self.address} refused the connection: {reason}")
+            refusal = refusal_of(hello.error.reason, self.address)
             if refusal is not None:
                 conn.end(refusal)
                 # The server's reason, not how the stream then ended (it closes right after).
@@ -449,25 +433,6 @@ class Client:
         except ProtocolError as exc:
             conn.end(exc)
             return None
-
-    async def _heartbeat(self, conn: Connection, interval: float) -> None:
-        """Beat every quarter interval; end ``conn`` once nothing was read for ``interval``."""
-        period = interval / _BEATS_PER_INTERVAL
-        reads, quiet = conn.reads, 0
-        while conn.error is None:
-            await anyio.sleep(period)
-            self._session.out += b"\n"  # no reply: the server only notes it heard us
-            conn.kick()
-            if conn.reads != reads:
-                reads, quiet = conn.reads, 0
-                continue
-            quiet += 1
-            if quiet >= _BEATS_PER_INTERVAL:
-                conn.end(
-                    ConnectionLostError(
-                        f"{self.address} sent nothing for {interval} s (heartbeat interval)"
-                    )
-                )
 
     def _lost(self, conn: Connection, error: ConnectionLostError) -> None:
         """The connection ended: fail what it owed, and go offline."""
@@ -494,21 +459,3 @@ class Client:
 
 
 
-
-def _hello_command(
-    *, token: str | None, user: str | None, password: str | None, heartbeat: float | None
-) -> Hello:
-    """The ``hello`` every connection starts with: credentials and heartbeat only if given."""
-    if token is not None and user is not None:
-        raise ValueError("give a token or a user and password, not both")
-    if (user is None) != (password is None):
-        raise ValueError("give both user and password")
-    if heartbeat is not None and not heartbeat > 0:
-        raise ValueError("heartbeat must be a positive number of seconds")
-    unset = msgspec.UNSET
-    return Hello(
-        user=unset if user is None else user,
-        password=unset if password is None else password,
-        token=unset if token is None else token,
-        heartbeat=unset if heartbeat is None else heartbeat,
-    )
