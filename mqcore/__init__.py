@@ -13,6 +13,7 @@ from ._acks import (
     DEFAULT_PREFETCH,
     MAX_PREFETCH,
 )
+from ._auth import Credentials, HelloRequest, Permissions
 from ._broker import (
     DEFAULT_CACHE_SIZE,
     DEFAULT_MAX_CACHE_BYTES,
@@ -80,10 +81,12 @@ __all__ = [
     "CacheTrim",
     "Command",
     "ConnectionId",
+    "Credentials",
     "Delivery",
     "DropTopic",
     "Hello",
     "HelloReply",
+    "HelloRequest",
     "JobAdd",
     "JobAttempts",
     "JobDone",
@@ -93,6 +96,7 @@ __all__ = [
     "Nack",
     "NextIndex",
     "Output",
+    "Permissions",
     "Reason",
     "Record",
     "Reply",

@@ -47,15 +47,16 @@ from ._acks import (
     DEFAULT_MAX_JOBS,
     WorkQueues,
 )
-from ._commands import REASONS, Commands
+from ._auth import Grant, HelloRequest, Pending
+from ._commands import REASONS
 from ._connection import Connection, ConnectionId
+from ._guard import Guarded, SendFn, hello_for
 from ._journal import Journal
 from ._protocol import (
     COMMAND_DECODER,
     Reason,
     Send,
     error_reply,
-    hello_reply,
 )
 from ._records import Record, TopicState
 from ._stats import BrokerStats
@@ -103,12 +104,15 @@ class Output:
     close: list[ConnectionId] = field(default_factory=list)
     records: list[Record] = field(default_factory=list)
     after_write: dict[ConnectionId, list[Record]] = field(default_factory=dict)
+    #: ``hello`` commands the transport must act on: credentials to check
+    #: (answer :meth:`Broker.auth_result`) and agreed heartbeats (see :mod:`mqcore._auth`).
+    hellos: list[HelloRequest] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.writes or self.close or self.records or self.after_write)
+        return bool(self.writes or self.close or self.records or self.after_write or self.hellos)
 
 
-class Broker(Commands):
+class Broker(Guarded):
     """An aiomemq-compatible message broker with no I/O of its own.
 
     ``cache_size`` bounds each topic's replay cache (0 disables it);
@@ -127,7 +131,10 @@ class Broker(Commands):
     :attr:`Output.after_write`). ``epoch`` names this run of index numbering
     (the transport makes a new one whenever numbering starts over); with it
     the broker answers the ``hello`` handshake, without it ``hello`` is an
-    unknown command, as it is for the reference.
+    unknown command, as it is for the reference. With ``auth=True`` (and an
+    ``epoch``) a connection must authenticate in ``hello`` before anything
+    else, and every ``send`` and ``subscribe`` is checked against its
+    permissions: see :mod:`mqcore._auth`.
     """
 
     def __init__(
@@ -145,6 +152,7 @@ class Broker(Commands):
         max_deliver: int = DEFAULT_MAX_DELIVER,
         max_jobs: int = DEFAULT_MAX_JOBS,
         max_job_bytes: int = DEFAULT_MAX_JOB_BYTES,
+        auth: bool = False,
     ) -> None:
         for name, value, least in [
             ("cache_size", cache_size, 0),
@@ -186,6 +194,12 @@ class Broker(Commands):
         self._topics = self._table.by_name
         self._epoch = epoch
         self._storage_available = True
+        if auth and epoch is None:
+            raise ValueError("auth needs an epoch: clients authenticate in hello")
+        self._auth_required = auth
+        self._grants: dict[ConnectionId, Grant] = {}
+        self._pending: dict[ConnectionId, Pending] = {}
+        self._hellos: list[HelloRequest] = []
         self._hello = self._hello_bytes()
         self._connections: dict[ConnectionId, Connection] = {}
         self._next_id = 0
@@ -230,18 +244,26 @@ class Broker(Commands):
         self._table.drop_connection(conn)
         self._acks.drop_connection(cid)
         conn.out = None
+        self._forget_guard(cid)
 
     def receive_data(self, cid: ConnectionId, data: bytes) -> None:
         """Feed bytes read from a connection; they may split lines anywhere. Never raises."""
         conn = self._connections.get(cid)
         if conn is None or conn.closing:
             return
+        send: SendFn = self._send if self._storage_available else self._refuse_send
+        if self._auth_required:
+            # Once per read: a dict lookup, and the permission check in front of send.
+            checked = self._checked_send(conn, send)
+            if checked is None:
+                self._receive_guarded(conn, data)
+                return
+            send = checked
         limit = self.max_line_bytes
         lines, tail, first_too_long = conn.split(data, limit)
         if first_too_long:
             self._fail(conn, _LINE_TOO_LONG)
         decode = COMMAND_DECODER.decode
-        send = self._send if self._storage_available else self._refuse_send
         sends = 0
         for line in lines:
             # _line(), inlined: this loop runs once per command.
@@ -281,10 +303,13 @@ class Broker(Commands):
         self._dirty = []
         close = self._close
         self._close = []
+        hellos = self._hellos
+        if hellos:
+            self._hellos = []
         if self._journal is None:
-            return Output(writes, close, [], {})
+            return Output(writes, close, [], {}, hellos if hellos else [])
         records, after_write = self._journal.take(self._topics)
-        return Output(writes, close, records, after_write)
+        return Output(writes, close, records, after_write, hellos if hellos else [])
 
     def restore(self, topics: Iterable[TopicState], index_floor: int = 0) -> None:
         """Load topics saved by a store, before any connection is opened.
@@ -346,15 +371,19 @@ class Broker(Commands):
 
     # -- the protocol ------------------------------------------------------------
 
-    def _hello_bytes(self) -> bytes | None:
-        if self._epoch is None:
-            return None
-        return hello_reply(
+    @property
+    def _line_limit(self) -> int:
+        return self.max_line_bytes
+
+    def _hello_bytes(self, heartbeat: float | None = None) -> bytes | None:
+        return hello_for(
             self._epoch,
             cache_size=self.cache_size,
             max_line_bytes=self.max_line_bytes,
             durable=self._durable,
             storage_available=self._storage_available,
+            auth=self._auth_required,
+            heartbeat=heartbeat,
         )
 
     def _undecodable(self, conn: Connection, line: bytes) -> None:
@@ -374,7 +403,10 @@ class Broker(Commands):
             return
         try:
             if type(command) is Send:
-                if self._storage_available:
+                denial = self._send_denial(conn, command.topic) if self._auth_required else None
+                if denial is not None:
+                    self._fail(conn, denial)
+                elif self._storage_available:
                     self._send(conn, command, line)
                 else:
                     self._refuse_send(conn, command, line)

@@ -75,6 +75,13 @@ class Commands(AckCommands):
     _hello: bytes | None
     _dirty: list[Connection]
     _failures: dict[bytes, int]
+    _auth_required: bool
+
+    def _refused(self, conn: Connection, command: Command) -> bool:
+        raise NotImplementedError  # mqcore._guard.Guarded
+
+    def _greet(self, conn: Connection, command: Hello) -> None:
+        raise NotImplementedError  # mqcore._guard.Guarded
 
     def _emit(self, conn: Connection, chunk: bytes) -> None:
         out = conn.out
@@ -89,12 +96,14 @@ class Commands(AckCommands):
         self._emit(conn, reply)
 
     def _command(self, conn: Connection, command: Command) -> None:
+        if self._auth_required and self._refused(conn, command):
+            return
         if type(command) is Subscribe:
             self._subscribe(conn, command)
         elif type(command) is Unsubscribe:
             self._unsubscribe(conn, command)
         elif type(command) is Hello and self._hello is not None:
-            self._emit(conn, self._hello)
+            self._greet(conn, command)
         elif type(command) is Ack:
             self._ack(conn, command)
         elif type(command) is Nack:
@@ -292,5 +301,8 @@ REASONS: Final = {
         Reason.BAD_DELAY,
         Reason.ACK_PATTERN,
         Reason.WORK_QUEUE_FULL,
+        Reason.AUTH_REQUIRED,
+        Reason.AUTH_FAILED,
+        Reason.PERMISSION_DENIED,
     )
 }

@@ -72,7 +72,21 @@ class Send(msgspec.Struct, tag="send", tag_field="command", forbid_unknown_field
 
 
 class Hello(msgspec.Struct, tag="hello", tag_field="command", forbid_unknown_fields=True):
-    """``{"command": "hello"}``: an opt-in handshake that describes the server."""
+    """``{"command": "hello"}``: an opt-in handshake that describes the server.
+
+    Optional: ``token``, or ``user`` and ``password``, to authenticate (see
+    :mod:`mqcore._auth`), and ``heartbeat`` (seconds) to agree on heartbeats.
+    A plain ``Hello()`` encodes as before: unset fields are omitted.
+    """
+
+    user: str | msgspec.UnsetType = msgspec.UNSET
+    password: str | msgspec.UnsetType = msgspec.UNSET
+    token: str | msgspec.UnsetType = msgspec.UNSET
+    heartbeat: float | msgspec.UnsetType = msgspec.UNSET
+
+    def __repr__(self) -> str:
+        # Never show a secret (logs, tracebacks).
+        return f"Hello(user={self.user!r}, heartbeat={self.heartbeat!r})"
 
 
 class Ack(msgspec.Struct, tag="ack", tag_field="command", forbid_unknown_fields=True):
@@ -152,6 +166,10 @@ class Reason:
     BAD_DELAY: Final = "Invalid delay"
     ACK_PATTERN: Final = "An acknowledging subscription needs an exact topic"
     WORK_QUEUE_FULL: Final = "Work queue full"
+    AUTH_REQUIRED: Final = "Authentication required"
+    AUTH_FAILED: Final = "Authentication failed"
+    PERMISSION_DENIED: Final = "Permission denied"
+    TOO_MANY_CONNECTIONS: Final = "Too many connections"
     #: A line whose handling failed in a way no rule foresaw (a bug, or out
     #: of memory): the line changed nothing more than it had, and the
     #: connection goes on with the next line.
@@ -191,6 +209,10 @@ class HelloReply(msgspec.Struct, forbid_unknown_fields=False):
     # UNSET (absent from the bytes) for a server that is not durable, so its
     # reply stays byte for byte what it was.
     storage: Literal["ok", "unavailable"] | msgspec.UnsetType = msgspec.UNSET
+    #: ``True`` when the server requires authentication (UNSET otherwise).
+    auth: bool | msgspec.UnsetType = msgspec.UNSET
+    #: The agreed heartbeat interval in seconds, when the ``hello`` asked for one.
+    heartbeat: float | msgspec.UnsetType = msgspec.UNSET
 
 
 def hello_reply(
@@ -200,10 +222,14 @@ def hello_reply(
     max_line_bytes: int,
     durable: bool = False,
     storage_available: bool = True,
+    auth: bool = False,
+    heartbeat: float | None = None,
 ) -> bytes:
     """Return the wire bytes of the reply to ``hello``.
 
-    A durable server's reply says whether its storage is available.
+    A durable server's reply says whether its storage is available; one that
+    requires authentication says ``"auth": true``; ``heartbeat`` is the agreed
+    interval. Without them the bytes are what they always were.
     """
     reply = HelloReply(
         success=True,
@@ -215,6 +241,8 @@ def hello_reply(
         epoch=epoch,
         durable=durable,
         storage=("ok" if storage_available else "unavailable") if durable else msgspec.UNSET,
+        auth=True if auth else msgspec.UNSET,
+        heartbeat=msgspec.UNSET if heartbeat is None else heartbeat,
     )
     return _ENCODER.encode(reply) + b"\r\n"
 

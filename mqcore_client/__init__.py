@@ -26,6 +26,7 @@ from ._client import (
 from ._connect import connect
 from ._consume import Consumer, Job
 from ._errors import (
+    AuthenticationError,
     ConnectError,
     ConnectionLostError,
     ConnectTimeoutError,
@@ -49,6 +50,7 @@ __all__ = [
     "DEFAULT_PORT",
     "DEFAULT_TIMEOUT",
     "Address",
+    "AuthenticationError",
     "Client",
     "ConnectError",
     "ConnectTimeoutError",

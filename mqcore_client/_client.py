@@ -17,17 +17,21 @@ the bytes. The client adds what needs a clock or a task:
   raised by :func:`connect`), runs a connection until it ends, and with
   ``reconnect`` tries again with exponential backoff and full jitter; the
   session re-issues every subscription from where it stopped.
+- **Credentials, TLS, heartbeats** go in every connection's ``hello``
+  (see ``_hello``); an :class:`AuthenticationError` ends the client, never retried.
 """
 
 from __future__ import annotations
 
 import random
+import ssl
 from collections import deque
 from collections.abc import Callable
 from typing import Final
 
 import anyio
 import anyio.lowlevel
+import msgspec
 
 from mqcore import DEFAULT_PREFETCH, Delivery, HelloReply, Send
 from mqcore._subjects import is_pattern
@@ -35,12 +39,14 @@ from mqcore._subjects import is_pattern
 from ._connection import Connection, open_stream
 from ._consume import Consumer
 from ._errors import (
+    AuthenticationError,
     ConnectionLostError,
     ConnectTimeoutError,
     MQTimeoutError,
     ProtocolError,
     ServerError,
 )
+from ._hello import heartbeat, hello_command, refusal_of
 from ._pattern_state import PatternSubscriptionState
 from ._session import Request, Session
 from ._subscription import Subscription
@@ -93,6 +99,11 @@ class Client:
         max_queued_bytes: int,
         on_disconnect: Callable[[ConnectionLostError], object] | None,
         on_reconnect: Callable[[], object] | None,
+        ssl_context: ssl.SSLContext | None = None,
+        token: str | None = None,
+        user: str | None = None,
+        password: str | None = None,
+        heartbeat: float | None = None,
     ) -> None:
         if max_in_flight < 1 or max_queued < 1 or max_queued_bytes < 1:
             raise ValueError("max_in_flight, max_queued and max_queued_bytes must be >= 1")
@@ -110,6 +121,13 @@ class Client:
         self._max_queued_bytes = max_queued_bytes
         self._on_disconnect = on_disconnect
         self._on_reconnect = on_reconnect
+        self._ssl_context = ssl_context
+        self._hello = hello_command(
+            token=token,
+            user=user if user is not None else address.user,
+            password=password if password is not None else address.password,
+            heartbeat=heartbeat,
+        )
         self._session = Session()
         self._conn: Connection | None = None
         self.started = anyio.Event()
@@ -352,7 +370,7 @@ class Client:
             error: ConnectionLostError
             try:
                 with anyio.fail_after(self._connect_timeout):
-                    stream = await open_stream(self.address)
+                    stream = await open_stream(self.address, self._ssl_context)
             except TimeoutError:
                 error = ConnectTimeoutError(
                     f"timed out connecting to {self.address} after {self._connect_timeout} s"
@@ -364,9 +382,12 @@ class Client:
                 if established:
                     first = False
                     delay = self._reconnect_delay
-            if first:
-                self.start_error = error
-                self.started.set()
+            if first or isinstance(error, AuthenticationError):
+                if not self.started.is_set():
+                    self.start_error = error
+                    self.started.set()
+                    return
+                self.shut(error)  # the same credentials would be refused again
                 return
             if self._closing or not self._reconnect:
                 self.shut(error)
@@ -376,10 +397,10 @@ class Client:
             delay = min(delay * 2, self._reconnect_max_delay)
 
     async def _serve(
-        self, stream: anyio.abc.SocketStream, first: bool
+        self, stream: anyio.abc.ByteStream, first: bool
     ) -> tuple[bool, ConnectionLostError]:
         """Run one connection: handshake, resubscribe, then serve until it ends."""
-        hello = self._session.start_connection()
+        hello = self._session.start_connection(self._hello)
         conn = Connection(
             stream, self._session, self.address, on_input=self._release, on_lost=self._lost
         )
@@ -399,6 +420,8 @@ class Client:
                     self.started.set()
                     if not first and self._on_reconnect is not None:
                         self._on_reconnect()
+                    if info is not None and info.heartbeat is not msgspec.UNSET:
+                        tg.start_soon(heartbeat, self._session, conn, info.heartbeat)
                     await conn.ended.wait()
                 tg.cancel_scope.cancel()
         finally:
@@ -423,6 +446,13 @@ class Client:
             return None
         if isinstance(hello.error, ConnectionLostError):
             return None  # conn.error says why.
+        if isinstance(hello.error, ServerError):
+            refusal = refusal_of(hello.error.reason, self.address)
+            if refusal is not None:
+                conn.end(refusal)
+                # The server's reason, not how the stream then ended (it closes right after).
+                conn.error = refusal
+                return None
         try:
             return self._session.hello_reply(hello)
         except ProtocolError as exc:
@@ -451,5 +481,6 @@ class Client:
         self._session.close(error)
         self._online.set()
         self._release(lost=True)
+
 
 

@@ -8,6 +8,7 @@ Leaving the block flushes (bounded by ``timeout``), then closes.
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from functools import partial
@@ -42,6 +43,11 @@ def connect(
     max_queued_bytes: int = DEFAULT_MAX_QUEUED_BYTES,
     on_disconnect: Callable[[ConnectionLostError], object] | None = None,
     on_reconnect: Callable[[], object] | None = None,
+    ssl: ssl.SSLContext | None = None,
+    token: str | None = None,
+    user: str | None = None,
+    password: str | None = None,
+    heartbeat: float | None = None,
 ) -> AbstractAsyncContextManager[Client]:
     """Connect to a server: ``async with connect(host, port) as client: ...``.
 
@@ -71,6 +77,14 @@ def connect(
     default bounds of a subscription's queue. Leaving the block normally
     waits for the replies to everything published (:meth:`Client.flush`,
     whose errors it raises).
+
+    ``mqcores://`` URLs connect over TLS, verifying the server with ``ssl``
+    (default: :func:`ssl.create_default_context`). ``token``, or ``user`` and
+    ``password`` (also ``mqcore://user:password@host``), authenticate in
+    every connection's ``hello``; refused credentials raise
+    :class:`AuthenticationError`, never retried. ``heartbeat`` (seconds)
+    asks for heartbeats: a server silent for that long is taken for dead
+    (and, with ``reconnect``, reconnected to).
     """
     address = resolve(host, port)
     return _run_client(
@@ -88,6 +102,11 @@ def connect(
             max_queued_bytes=max_queued_bytes,
             on_disconnect=on_disconnect,
             on_reconnect=on_reconnect,
+            ssl_context=ssl,
+            token=token,
+            user=user,
+            password=password,
+            heartbeat=heartbeat,
         )
     )
 

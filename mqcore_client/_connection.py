@@ -11,11 +11,18 @@ the ``on_lost`` callback.
 TCP connections have ``SO_KEEPALIVE`` on, so a peer that vanished without a
 FIN or RST (a pulled cable, a dropped NAT entry) is noticed eventually even
 while nothing is being sent; every wait on a reply has its own timeout too.
+With heartbeats agreed in ``hello``, :attr:`Connection.reads` (a count, no
+clock on the hot path) lets the client notice a silent server within the interval.
+
+``mqcores://`` addresses connect over TLS, verifying the server's
+certificate and name with the given context (by default the system's trust
+store): a failed handshake is a :class:`ConnectError` saying why.
 """
 
 from __future__ import annotations
 
 import socket
+import ssl
 from collections.abc import Callable
 from typing import Final
 
@@ -35,12 +42,28 @@ _READ_SIZE: Final = 256 << 10
 _BROKEN: Final = (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
 
 
-async def open_stream(address: Address) -> anyio.abc.SocketStream:
-    """Connect to ``address`` (TCP with keepalive, or a Unix socket); raise ConnectError."""
+async def open_stream(
+    address: Address, ssl_context: ssl.SSLContext | None = None
+) -> anyio.abc.ByteStream:
+    """Connect to ``address`` (TCP with keepalive, TLS, or a Unix socket); raise ConnectError."""
     try:
         if address.path is not None:
             return await anyio.connect_unix(address.path)
-        stream = await anyio.connect_tcp(address.host, address.port)
+        if address.tls:
+            stream: anyio.abc.ByteStream = await anyio.connect_tcp(
+                address.host,
+                address.port,
+                ssl_context=ssl_context or ssl.create_default_context(),
+                tls_standard_compatible=False,
+            )
+        else:
+            stream = await anyio.connect_tcp(address.host, address.port)
+    except ssl.SSLError as exc:
+        verify = getattr(exc, "verify_message", None)
+        why = f"certificate verify failed: {verify}" if verify else exc.reason or exc
+        raise ConnectError(f"TLS handshake with {address} failed: {why}") from None
+    except (anyio.EndOfStream, anyio.BrokenResourceError):
+        raise ConnectError(f"{address} closed the connection during the TLS handshake") from None
     except OSError as exc:
         # anyio says "All connection attempts failed"; its cause says why.
         cause = exc.__cause__ if isinstance(exc.__cause__, OSError) else exc
@@ -65,6 +88,7 @@ class Connection:
         "ended",
         "error",
         "idle",
+        "reads",
         "stream",
         "wake",
     )
@@ -91,6 +115,8 @@ class Connection:
         self.drained: anyio.Event | None = None
         self.ended = anyio.Event()
         self.error: ConnectionLostError | None = None
+        #: Reads so far: the heartbeat watch compares it over time.
+        self.reads = 0
 
     def kick(self) -> None:
         """Bytes were queued: wake the writer if it sleeps."""
@@ -133,6 +159,7 @@ class Connection:
         try:
             while True:
                 feed(await receive(_READ_SIZE))
+                self.reads += 1
                 on_input()
         except anyio.EndOfStream:
             error = ConnectionLostError(f"{self.address} closed the connection")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "AuthenticationError",
     "ConnectError",
     "ConnectTimeoutError",
     "ConnectionLostError",
@@ -67,6 +68,18 @@ class SubscriptionOverflowError(MQError):
         self.last_index = last_index
         self.epoch = epoch
         super().__init__(f"subscription to {topic!r} overflowed its queue after index {last_index}")
+
+
+class AuthenticationError(ConnectError):
+    """The server refused the credentials (or wants some): ``reason`` says which.
+
+    Never retried: reconnecting with the same credentials would fail the same
+    way, so a client that reconnects stops and raises this instead.
+    """
+
+    def __init__(self, reason: str, address: object) -> None:
+        self.reason = reason
+        super().__init__(f"{address}: {reason}")
 
 
 class ConnectTimeoutError(MQTimeoutError, ConnectError):

@@ -134,14 +134,14 @@ class Session:
 
     # -- the connection's life ---------------------------------------------------
 
-    def start_connection(self) -> Request:
-        """A new connection: queue ``hello`` first; return the request to wait for."""
+    def start_connection(self, hello_command: Hello | None = None) -> Request:
+        """A new connection: queue ``hello`` (credentials...) first; return its request."""
         self.out.clear()
         self.pending.clear()
         self.seen.clear()
         self._lines.clear()
         hello = Request()
-        self.enqueue(Hello(), hello)
+        self.enqueue(Hello() if hello_command is None else hello_command, hello)
         return hello
 
     def hello_reply(self, hello: Request) -> HelloReply | None:

@@ -5,6 +5,9 @@ line (``--url``, ``MQCORE_URL``), so both accept the same spellings:
 
 - ``mqcore://HOST[:PORT]``: TCP (the port defaults to 7000); an IPv6 host
   goes in brackets, ``mqcore://[::1]:7000``;
+- ``mqcores://HOST[:PORT]``: the same over TLS;
+- ``mqcore://USER:PASSWORD@HOST`` (either scheme): credentials for ``hello``,
+  percent-encoded in the URL; they are never part of ``str()``, ``url`` or a repr;
 - ``unix:///PATH`` (or ``unix:PATH``): a Unix-domain socket;
 - ``HOST:PORT``, ``HOST`` or ``:PORT``: TCP, a shorthand without a scheme.
 """
@@ -12,7 +15,7 @@ line (``--url``, ``MQCORE_URL``), so both accept the same spellings:
 from __future__ import annotations
 
 import urllib.parse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 __all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "Address", "parse_url"]
@@ -23,19 +26,25 @@ DEFAULT_PORT: Final = 7000
 
 @dataclass(frozen=True)
 class Address:
-    """Where a server listens: a TCP ``host`` and ``port``, or a Unix socket ``path``."""
+    """Where a server listens: a TCP ``host`` and ``port`` (``tls``?), or a Unix socket ``path``.
+
+    ``user`` and ``password`` are credentials given in the URL (never shown).
+    """
 
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
     path: str | None = None
+    tls: bool = False
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
 
     @property
     def url(self) -> str:
-        """The address as a URL that :func:`parse_url` reads back."""
+        """The address as a URL that :func:`parse_url` reads back (without credentials)."""
         if self.path is not None:
             return f"unix://{self.path}"
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"mqcore://{host}:{self.port}"
+        return f"{'mqcores' if self.tls else 'mqcore'}://{host}:{self.port}"
 
     def __str__(self) -> str:
         if self.path is not None:
@@ -57,11 +66,33 @@ def parse_url(url: str) -> Address:
     scheme = scheme.lower()
     if scheme == "unix":
         return _unix(rest, url)
-    if scheme in ("mqcore", "tcp"):
-        if "/" in rest.rstrip("/") or "?" in rest or "#" in rest:
-            raise ValueError(f"{url!r}: an mqcore:// address has no path")
-        return _tcp(rest.rstrip("/"), url)
-    raise ValueError(f"{url!r}: unknown scheme {scheme!r} (use mqcore:// or unix://)")
+    if scheme in ("mqcore", "tcp", "mqcores", "tls"):
+        userinfo, at, hostport = rest.rpartition("@")
+        if "/" in hostport.rstrip("/") or "?" in hostport or "#" in hostport:
+            raise ValueError(f"{_safe(url)!r}: an {scheme}:// address has no path")
+        address = _tcp(hostport.rstrip("/"), _safe(url))
+        user = password = None
+        if at:
+            name, colon, secret = userinfo.partition(":")
+            user = urllib.parse.unquote(name) or None
+            password = urllib.parse.unquote(secret) if colon else None
+        return Address(
+            address.host,
+            address.port,
+            tls=scheme in ("mqcores", "tls"),
+            user=user,
+            password=password,
+        )
+    raise ValueError(
+        f"{_safe(url)!r}: unknown scheme {scheme!r} (use mqcore://, mqcores:// or unix://)"
+    )
+
+
+def _safe(url: str) -> str:
+    """``url`` without its credentials, for error messages."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, hostport = rest.rpartition("@")
+    return f"{scheme}{sep}***@{hostport}" if at and "/" not in userinfo else url
 
 
 def _unix(path: str, url: str) -> Address:

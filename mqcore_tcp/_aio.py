@@ -20,6 +20,10 @@ Closing (``quit``, end of input, shutdown) flushes what is owed, ends the
 write side (FIN) and then reads and discards until the peer ends its side,
 for at most :data:`CLOSE_TIMEOUT`: closing a socket with unread input makes
 the kernel send a reset, which can destroy replies the peer has not read yet.
+
+TLS (``mqcores://``): asyncio's own SSL transport, handshake bounded by
+``_tls.HANDSHAKE_TIMEOUT``; a connection reaches the hub only once its
+handshake succeeded (see ``_tls``).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
 from typing import cast
 
 import anyio
@@ -35,6 +40,7 @@ from mqcore import ConnectionId
 
 from ._accept import CLOSE_TIMEOUT, AcceptBackoff, keep_alive, peer_name
 from ._hub import Hub
+from ._tls import HANDSHAKE_TIMEOUT, peer_identity
 
 __all__ = ["AioConnection", "running_loop", "serve_sockets"]
 
@@ -86,6 +92,8 @@ class AioConnection(asyncio.Protocol):
         self._refused = 0
         self._resume: asyncio.Task[None] | None = None
         self._deadline: asyncio.TimerHandle | None = None
+        # asyncio's SSL transport closes at end of input whatever eof_received returns.
+        self._tls = False
 
     # -- asyncio callbacks ----------------------------------------------------------
 
@@ -93,10 +101,12 @@ class AioConnection(asyncio.Protocol):
         """Register the new connection with the hub."""
         # A stream transport (not an isinstance check: uvloop's do not subclass asyncio's).
         self.transport = cast(asyncio.Transport, transport)
+        self._tls = transport.get_extra_info("sslcontext") is not None
         sock = transport.get_extra_info("socket")
         if sock is not None:
             keep_alive(sock)
-        self.cid = self.hub.connect(self, peer_name(transport.get_extra_info("peername")))
+        identity = peer_identity(transport.get_extra_info("peercert"))
+        self.cid = self.hub.connect(self, peer_name(transport.get_extra_info("peername")), identity)
         if self.hub.durable:
             # Have asyncio call resume_writing() whenever its buffer drains
             # into the kernel, so records that wait for bytes to be written
@@ -127,7 +137,7 @@ class AioConnection(asyncio.Protocol):
             return False
         self.flusher.flush()
         self.hub.receive_eof(self.cid)
-        return True
+        return not self._tls
 
     def resume_writing(self) -> None:
         """asyncio's buffer drained into the kernel (durable mode sets a high-water mark of 0)."""
@@ -197,17 +207,24 @@ class AioConnection(asyncio.Protocol):
             self.transport.resume_reading()
 
 
-async def serve_sockets(hub: Hub, sockets: list[socket.socket], name: str) -> None:
-    """Serve connections accepted on the listening ``sockets`` until cancelled."""
+async def serve_sockets(
+    hub: Hub, sockets: list[socket.socket], name: str, tls: ssl.SSLContext | None = None
+) -> None:
+    """Serve connections accepted on the listening ``sockets`` until cancelled; TLS with ``tls``."""
     loop = asyncio.get_running_loop()
     flusher = _Flusher(hub, loop)
     async with anyio.create_task_group() as tg:
         for sock in sockets:
-            tg.start_soon(_accept_loop, hub, loop, flusher, sock, name)
+            tg.start_soon(_accept_loop, hub, loop, flusher, sock, name, tls)
 
 
 async def _accept_loop(
-    hub: Hub, loop: asyncio.AbstractEventLoop, flusher: _Flusher, sock: socket.socket, name: str
+    hub: Hub,
+    loop: asyncio.AbstractEventLoop,
+    flusher: _Flusher,
+    sock: socket.socket,
+    name: str,
+    tls: ssl.SSLContext | None,
 ) -> None:
     backoff = AcceptBackoff(name)
     starting: set[asyncio.Task[object]] = set()
@@ -220,7 +237,12 @@ async def _accept_loop(
     while True:
         conn, _ = await backoff.accept(lambda: loop.sock_accept(sock))
         task: asyncio.Task[object] = loop.create_task(
-            loop.connect_accepted_socket(lambda: AioConnection(hub, flusher), conn)
+            loop.connect_accepted_socket(
+                lambda: AioConnection(hub, flusher),
+                conn,
+                ssl=tls,
+                ssl_handshake_timeout=None if tls is None else HANDSHAKE_TIMEOUT,
+            )
         )
         starting.add(task)
         task.add_done_callback(started)

@@ -1,4 +1,4 @@
-"""``python -m mqcore_tcp``: the standalone server."""
+"""``python -m mqcore_tcp``: the standalone server (and ``hash-password`` for ``--auth`` files)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,16 @@ from mqcore import (
     __version__,
 )
 
-from ._config import DEFAULT_MAX_QUEUED_BYTES, DEFAULT_PORT, ServerConfig, tcp_url
+from ._auth import hash_secret
+from ._config import (
+    DEFAULT_AUTH_TIMEOUT,
+    DEFAULT_LINE_TIMEOUT,
+    DEFAULT_MAX_QUEUED_BYTES,
+    DEFAULT_PORT,
+    ServerConfig,
+    default_max_connections,
+    tcp_url,
+)
 from ._listen import parse_url
 from ._server import TCPServer
 from .store import DEFAULT_FSYNC, FSYNC_MODES, STORE_FILE, SQLiteStore
@@ -174,6 +183,49 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="most bytes cached over all topics; past it the oldest cached messages, "
         "whatever their topic, are evicted (default: %(default)s)",
     )
+    exposure = parser.add_argument_group(
+        "exposure",
+        "TLS, authentication and per-connection limits: what a server reachable beyond "
+        "this machine needs (see the README's Security section).",
+    )
+    exposure.add_argument(
+        "--tls-cert", metavar="FILE", help="certificate chain (PEM) for mqcores:// listeners"
+    )
+    exposure.add_argument("--tls-key", metavar="FILE", help="private key (PEM) of --tls-cert")
+    exposure.add_argument(
+        "--tls-client-ca",
+        metavar="FILE",
+        help="require client certificates signed by this CA (mutual TLS); a certificate's "
+        "subject CN stands for the user of that name in --auth",
+    )
+    exposure.add_argument(
+        "--auth",
+        metavar="FILE",
+        help="require clients to authenticate (TOML users file with hashed secrets and "
+        "topic permissions; SIGHUP reloads it)",
+    )
+    exposure.add_argument(
+        "--auth-timeout",
+        type=_seconds,
+        default=DEFAULT_AUTH_TIMEOUT,
+        help="close a connection that has not authenticated after this many seconds "
+        "(default: %(default)s)",
+    )
+    exposure.add_argument(
+        "--max-connections",
+        type=_positive,
+        default=None,
+        help="connections served at once; past it a new one is answered 'Too many "
+        f"connections' and closed (default: {default_max_connections()}, "
+        "10000 or less to stay below the open-file limit)",
+    )
+    exposure.add_argument(
+        "--line-timeout",
+        type=_seconds,
+        default=DEFAULT_LINE_TIMEOUT,
+        help="close a connection whose started line does not end within this many "
+        "seconds (default: %(default)s)",
+    )
     parser.add_argument(
         "--ack-wait",
         type=_seconds,
@@ -264,6 +316,13 @@ def config_of(args: argparse.Namespace) -> ServerConfig:
         max_cache_bytes=args.max_cache_bytes,
         ack_wait=args.ack_wait,
         max_deliver=args.max_deliver,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca,
+        auth=args.auth,
+        auth_timeout=args.auth_timeout,
+        max_connections=args.max_connections,
+        line_timeout=args.line_timeout,
     )
 
 
@@ -293,7 +352,11 @@ async def _run(args: argparse.Namespace) -> None:
     try:
         if args.data_dir is not None:
             store = SQLiteStore.in_directory(args.data_dir, fsync=args.fsync)
-        server = TCPServer(config_of(args), store=store)
+        try:
+            server = TCPServer(config_of(args), store=store)
+        except ValueError as exc:  # a TLS certificate or key, the auth file: one line
+            log.error("%s", exc)
+            raise SystemExit(1) from None
         if store is not None:
             log.info("durable: store %s (fsync %s)", store.path, args.fsync)
         await _serve(server)
@@ -315,9 +378,14 @@ async def _serve(server: TCPServer) -> None:
     async with anyio.create_task_group() as tg:
 
         async def stop_on_signal() -> None:
-            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            with anyio.open_signal_receiver(
+                signal.SIGINT, signal.SIGTERM, signal.SIGHUP
+            ) as signals:
                 async for signum in signals:
                     log.info("received %s", signal.Signals(signum).name)
+                    if signum == signal.SIGHUP:
+                        server.reload_auth()
+                        continue
                     server.shutdown()
                     return
 
@@ -331,8 +399,33 @@ def _where(urls: Sequence[str]) -> str:
     return ", ".join(url.split("://", 1)[1] if url.startswith("mqcore://") else url for url in urls)
 
 
+def hash_password(argv: Sequence[str]) -> int:
+    """``hash-password``: read a secret on stdin, print the string for ``--auth`` files."""
+    if argv and argv[0] in ("-h", "--help"):
+        print(
+            f"usage: {_program()} hash-password < secret\n\n"
+            "Reads a password or token on stdin (its first line; prompts on a terminal) and "
+            "prints its scrypt hash, for password_hash or token_hash in an --auth file."
+        )
+        return 0
+    if sys.stdin.isatty():
+        import getpass
+
+        secret = getpass.getpass("secret: ")
+    else:
+        secret = sys.stdin.readline().rstrip("\r\n")
+    if not secret:
+        print("hash-password: no secret on stdin", file=sys.stderr)
+        return 2
+    print(hash_secret(secret))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the server until SIGINT or SIGTERM; return the exit status."""
+    """Run the server until SIGINT or SIGTERM (SIGHUP reloads ``--auth``); return the status."""
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    if arguments and arguments[0] == "hash-password":
+        return hash_password(arguments[1:])
     args = parse_args(argv)
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"

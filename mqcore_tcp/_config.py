@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import resource
+import ssl
 from dataclasses import dataclass
 from typing import Final
 
@@ -15,10 +17,30 @@ from mqcore import (
     DEFAULT_MAX_TOPICS,
 )
 
-__all__ = ["DEFAULT_MAX_QUEUED_BYTES", "DEFAULT_PORT", "ServerConfig"]
+__all__ = [
+    "DEFAULT_AUTH_TIMEOUT",
+    "DEFAULT_LINE_TIMEOUT",
+    "DEFAULT_MAX_QUEUED_BYTES",
+    "DEFAULT_PORT",
+    "ServerConfig",
+    "default_max_connections",
+]
 
 DEFAULT_PORT: Final = 7000
 DEFAULT_MAX_QUEUED_BYTES: Final = 64 << 20
+#: Seconds a started line may take to end (slowloris), and a connection to authenticate.
+DEFAULT_LINE_TIMEOUT: Final = 30.0
+DEFAULT_AUTH_TIMEOUT: Final = 5.0
+#: Descriptors kept free of connections (listeners, the store, logs, accept's own).
+_SPARE_DESCRIPTORS: Final = 64
+
+
+def default_max_connections() -> int:
+    """10,000, or fewer if the open-file limit leaves less (then 64 below it)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 10_000
+    return max(1, min(10_000, soft - _SPARE_DESCRIPTORS))
 
 
 @dataclass(frozen=True)
@@ -28,6 +50,12 @@ class ServerConfig:
     ``listen`` lists listener URLs (``mqcore://HOST:PORT``, ``unix:///PATH``);
     when empty the server listens on TCP ``host:port`` only, so ``host`` and
     ``port`` are the shorthand for one TCP listener.
+
+    Exposure (issue 11): ``mqcores://`` listeners serve TLS with ``tls_cert``
+    and ``tls_key`` (or a ready ``tls_context``); ``tls_client_ca`` requires
+    client certificates. ``auth`` names the users file (see ``_auth``).
+    ``max_connections`` (None: :func:`default_max_connections`),
+    ``line_timeout`` and ``auth_timeout`` bound what one peer may hold.
     """
 
     host: str = "127.0.0.1"
@@ -42,6 +70,14 @@ class ServerConfig:
     #: Acknowledged delivery (see mqcore._acks): seconds to ack, deliveries before T.dead.
     ack_wait: float = DEFAULT_ACK_WAIT
     max_deliver: int = DEFAULT_MAX_DELIVER
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
+    tls_context: ssl.SSLContext | None = None
+    auth: str | None = None
+    auth_timeout: float = DEFAULT_AUTH_TIMEOUT
+    max_connections: int | None = None
+    line_timeout: float = DEFAULT_LINE_TIMEOUT
 
     def urls(self) -> tuple[str, ...]:
         """The listener URLs this configuration asks for."""

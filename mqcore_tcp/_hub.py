@@ -36,6 +36,11 @@ from it) and when a connection ends, and :meth:`Hub.run`'s timer task sleeps
 until :meth:`mqcore.Broker.next_deadline`, then advances the broker and
 applies its output. A deadline earlier than the one the timer sleeps for
 (a nack with a short delay) wakes it: :meth:`Hub.flush` checks, once per batch.
+
+Exposure. Past ``max_connections`` a new connection is answered
+``Too many connections`` and closed (the others are not affected; one
+warning per episode). Timeouts, heartbeats and credential checks are the
+:class:`~mqcore_tcp._watch.Watch`'s, which :meth:`Hub.run` runs.
 """
 
 from __future__ import annotations
@@ -50,11 +55,13 @@ from typing import Final
 
 import anyio
 
-from mqcore import Broker, ConnectionId, Output, Record, Store, StoreError
+from mqcore import Broker, ConnectionId, Output, Reason, Record, Store, StoreError, error_reply
 
+from ._auth import AuthFile
 from ._commit import Committer, committer_for
-from ._config import ServerConfig
+from ._config import ServerConfig, default_max_connections
 from ._connection import Connection
+from ._watch import Watch
 
 __all__ = ["SHUTDOWN_GRACE", "Hub"]
 
@@ -65,15 +72,36 @@ SHUTDOWN_GRACE: Final = 5.0
 #: The longest the ack timer sleeps (it is woken sooner when needed).
 TICK: Final = 1.0
 
+_TOO_MANY_CONNECTIONS: Final = error_reply(Reason.TOO_MANY_CONNECTIONS)
+
 
 class _Link:
     """The hub's side of one connection: the connection and what awaits its bytes."""
 
-    __slots__ = ("confirms", "conn", "peer", "written")
+    __slots__ = (
+        "beat",
+        "born",
+        "confirms",
+        "conn",
+        "heard",
+        "heartbeat",
+        "partial_since",
+        "peer",
+        "user",
+        "written",
+    )
 
-    def __init__(self, conn: Connection, peer: str) -> None:
+    def __init__(self, conn: Connection, peer: str, now: int) -> None:
         self.conn = conn
         self.peer = peer
+        # Ticks of the Watch (see _watch): when it was accepted, last read
+        # from, last sent a heartbeat, and since when it holds a partial line (-1: none).
+        self.born = self.heard = self.beat = now
+        self.partial_since = -1
+        # The agreed heartbeat interval in ticks (0: none).
+        self.heartbeat = 0
+        # The user it authenticated as (a name, never a secret).
+        self.user: str | None = None
         # Bytes ever written to the connection.
         self.written = 0
         # (bytes written when they came, after-write records), oldest first.
@@ -90,20 +118,37 @@ class Hub:
     """
 
     def __init__(
-        self, config: ServerConfig, *, broker: Broker | None = None, store: Store | None = None
+        self,
+        config: ServerConfig,
+        *,
+        broker: Broker | None = None,
+        store: Store | None = None,
+        auth: AuthFile | None = None,
     ) -> None:
         if broker is not None and store is not None:
             raise ValueError("give a store or a broker, not both")
         self.max_queued_bytes: Final = config.max_queued_bytes
-        self.broker: Final = broker if broker is not None else _new_broker(config, store)
+        self.max_connections: Final = config.max_connections or default_max_connections()
+        self.broker: Final = (
+            broker if broker is not None else _new_broker(config, store, auth is not None)
+        )
         self._committer: Committer | None = (
             None if store is None else committer_for(store, self._apply, self._storage_changed)
         )
         self._links: dict[ConnectionId, _Link] = {}
+        #: Every live connection, by id (the Watch's view).
+        self.links: Final = self._links
         self._idle = anyio.Event()
         # The ack timer's wake-up: when it is due, and the event that wakes it sooner.
         self._wake_at = 0.0
         self._wake = anyio.Event()
+        self.watch: Final = Watch(
+            self,
+            line_timeout=config.line_timeout,
+            auth_timeout=config.auth_timeout,
+            auth=auth,
+        )
+        self._crowded = False
 
     # -- the transports' side ---------------------------------------------------------
 
@@ -112,15 +157,36 @@ class Hub:
         """Whether outputs wait for a store (then transports report every drain: :meth:`sent`)."""
         return self._committer is not None
 
-    def connect(self, conn: Connection, peer: str) -> ConnectionId:
-        """Register a new connection (``peer`` names it in logs); return its id."""
+    def connect(self, conn: Connection, peer: str, identity: str | None = None) -> ConnectionId:
+        """Register a new connection (``peer`` names it in logs); return its id.
+
+        ``identity`` is the subject CN of its verified client certificate, if
+        any. Past ``max_connections`` it is answered ``Too many connections``
+        and closed once that is written.
+        """
         cid = self.broker.open_connection()
-        self._links[cid] = _Link(conn, peer)
+        link = self._links[cid] = _Link(conn, peer, self.watch.now)
         log.debug("connection %d from %s", cid, peer)
+        if len(self._links) > self.max_connections:
+            if not self._crowded:
+                self._crowded = True
+                log.warning(
+                    "%d connections: refusing new ones (--max-connections)", self.max_connections
+                )
+            self.write(cid, link, [_TOO_MANY_CONNECTIONS])
+            self.broker.receive_eof(cid)
+            self.flush()
+        elif identity is not None:
+            self.watch.identify(cid, identity)
         return cid
 
     def receive(self, cid: ConnectionId, data: bytes) -> None:
         """Feed bytes read from ``cid``; call :meth:`flush` after a batch of reads."""
+        link = self._links.get(cid)
+        if link is not None:
+            link.heard = self.watch.now
+            if link.partial_since >= 0 and b"\n" in data:
+                link.partial_since = -1  # that line ended (the Watch looks again)
         broker = self.broker
         broker.advance(time.monotonic())
         broker.receive_data(cid, data)
@@ -128,10 +194,17 @@ class Hub:
     def flush(self) -> None:
         """Apply (through the commit pipeline, if durable) everything the broker produced."""
         broker = self.broker
-        self._dispatch(broker.take_output())
+        output = broker.take_output()
+        if output.hellos:
+            self.watch.hellos(output.hellos)
+        self._dispatch(output)
         deadline = broker.next_deadline()
         if deadline is not None and deadline < self._wake_at:
             self._wake.set()
+
+    def reload_auth(self, auth: AuthFile) -> None:
+        """Apply a reloaded auth file to new and existing connections (SIGHUP)."""
+        self.watch.reload(auth)
 
     def receive_eof(self, cid: ConnectionId) -> None:
         """``cid`` will send nothing more: it gets what it is owed, then is closed.
@@ -159,6 +232,9 @@ class Hub:
         # Its pending jobs went to other consumers.
         self.flush()
         log.debug("connection %d from %s closed", cid, link.peer)
+        if self._crowded and len(self._links) < self.max_connections:
+            self._crowded = False
+            log.warning("below %d connections: accepting new ones again", self.max_connections)
 
     def backlogged(self, cid: ConnectionId) -> bool:
         """True while the transport should stop reading ``cid`` (the store is behind)."""
@@ -173,12 +249,13 @@ class Hub:
     # -- the server's side ------------------------------------------------------------
 
     async def run(self, on_store_failure: Callable[[], None]) -> None:
-        """Run the ack timer, and the commit pipeline (if durable), until cancelled.
+        """Run the ack timer, the Watch, and the commit pipeline (if durable), until cancelled.
 
         A store failure is logged, then ``on_store_failure`` is called.
         """
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._ack_timer)
+            tg.start_soon(self.watch.run)
             if self._committer is None:
                 return
             try:
@@ -300,6 +377,17 @@ class Hub:
         if ready and self._committer is not None:
             self._committer.store_later(ready)
 
+    def write(self, cid: ConnectionId, link: _Link, chunks: list[bytes]) -> None:
+        """Write ``chunks`` to ``cid`` outside any output (refusals, heartbeats)."""
+        link.written += sum(map(len, chunks))
+        if link.conn.write(chunks) > self.max_queued_bytes:
+            self._overflow(cid, link)
+
+    def drop(self, cid: ConnectionId, link: _Link, why: str) -> None:
+        """Close ``cid`` now (a timeout), saying why in the log."""
+        log.info("connection %d from %s: closed: %s", cid, link.peer, why)
+        self._drop(cid, link)
+
     def _overflow(self, cid: ConnectionId, link: _Link) -> None:
         log.warning(
             "connection %d from %s: disconnected, %d bytes queued exceed the limit of %d "
@@ -332,7 +420,7 @@ class Hub:
             self._idle.set()
 
 
-def _new_broker(config: ServerConfig, store: Store | None) -> Broker:
+def _new_broker(config: ServerConfig, store: Store | None, auth: bool) -> Broker:
     snapshot = None if store is None else store.load()
     broker = Broker(
         cache_size=config.cache_size,
@@ -346,6 +434,7 @@ def _new_broker(config: ServerConfig, store: Store | None) -> Broker:
         epoch=uuid.uuid4().hex if snapshot is None else snapshot.epoch,
         ack_wait=config.ack_wait,
         max_deliver=config.max_deliver,
+        auth=auth,
     )
     broker.advance(time.monotonic())
     if store is not None and snapshot is not None:

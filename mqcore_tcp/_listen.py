@@ -2,15 +2,19 @@
 
 A new transport is one module with an ``async def open_X(url) -> Listening``
 (see ``_socket_listener.Listening``) and one line in :data:`TRANSPORTS`.
+``mqcores://`` (TLS over TCP) is the TCP transport with the server's TLS
+context (see ``_tls``); opening one without a context is refused.
 """
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Awaitable, Callable
 from urllib.parse import SplitResult, urlsplit
 
 from ._socket_listener import Listening
 from ._tcp import open_tcp
+from ._tls import TLS_SCHEMES
 from ._unix import open_unix
 
 __all__ = ["TRANSPORTS", "open_listener", "parse_url"]
@@ -21,6 +25,8 @@ Opener = Callable[[SplitResult], Awaitable[Listening]]
 TRANSPORTS: dict[str, Opener] = {
     "mqcore": open_tcp,
     "tcp": open_tcp,
+    "mqcores": open_tcp,
+    "tls": open_tcp,
     "unix": open_unix,
 }
 
@@ -41,7 +47,15 @@ def parse_url(url: str) -> SplitResult:
     return parts
 
 
-async def open_listener(url: str) -> Listening:
-    """Bind the listener ``url`` names (raises :class:`OSError` if it cannot be bound)."""
+async def open_listener(url: str, tls: ssl.SSLContext | None = None) -> Listening:
+    """Bind the listener ``url`` names (raises :class:`OSError` if it cannot be bound).
+
+    ``tls`` is the server's TLS context, used by ``mqcores://`` listeners
+    (:class:`ValueError` if one is asked for without it) and by no other.
+    """
     parts = parse_url(url)
+    if parts.scheme in TLS_SCHEMES:
+        if tls is None:
+            raise ValueError(f"{url}: a TLS listener needs --tls-cert and --tls-key")
+        return await open_tcp(parts, tls)
     return await TRANSPORTS[parts.scheme](parts)

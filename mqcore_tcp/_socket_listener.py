@@ -9,6 +9,7 @@ under any other backend anyio's streams (``_streams``).
 from __future__ import annotations
 
 import socket
+import ssl
 from collections.abc import Callable
 from typing import Protocol
 
@@ -29,6 +30,8 @@ class Listening(Protocol):
     name: str
     #: The TCP port it is bound to, or None.
     port: int | None
+    #: The TCP address it is bound to, or None (a Unix socket): to warn about exposure.
+    host: str | None
 
     async def serve(self, hub: Hub, task_group: anyio.abc.TaskGroup) -> None:
         """Accept connections until cancelled; serve them (in ``task_group`` if they need tasks)."""
@@ -48,9 +51,14 @@ class SocketListening:
         name: str,
         port: int | None = None,
         cleanup: Callable[[], None] | None = None,
+        *,
+        tls: ssl.SSLContext | None = None,
+        host: str | None = None,
     ) -> None:
         self.name = name
         self.port = port
+        self.host = host
+        self.tls = tls
         self._listener = listener
         self._cleanup = cleanup
         # A MultiListener (several addresses) lists its own; a plain one is itself.
@@ -63,11 +71,11 @@ class SocketListening:
             sockets: list[socket.socket] = [
                 sub.extra(SocketAttribute.raw_socket) for sub in self._listeners
             ]
-            await _aio.serve_sockets(hub, sockets, self.name)
+            await _aio.serve_sockets(hub, sockets, self.name, self.tls)
             return
         async with anyio.create_task_group() as tg:
             for sub in self._listeners:
-                tg.start_soon(_streams.serve_listener, hub, sub, self.name, task_group)
+                tg.start_soon(_streams.serve_listener, hub, sub, self.name, task_group, self.tls)
 
     async def aclose(self) -> None:
         await self._listener.aclose()

@@ -7,23 +7,28 @@ peer to end its side (the reader discards what it still reads), all within
 :data:`CLOSE_TIMEOUT`: closing with unread input would make the kernel send
 a reset that can destroy replies the peer has not read yet.
 
-Accepting backs off when descriptors run out (see ``_accept``).
+Accepting backs off when descriptors run out (see ``_accept``). On a TLS
+listener each connection's task does its handshake (bounded by
+``_tls.HANDSHAKE_TIMEOUT``) before it reaches the hub.
 """
 
 from __future__ import annotations
 
 import logging
 import socket
+import ssl
 from typing import Final
 
 import anyio
 import anyio.abc
 from anyio.abc import SocketAttribute
+from anyio.streams.tls import TLSAttribute, TLSStream
 
 from mqcore import ConnectionId
 
 from ._accept import CLOSE_TIMEOUT, AcceptBackoff, keep_alive, peer_name
 from ._hub import Hub
+from ._tls import HANDSHAKE_TIMEOUT, peer_identity
 
 __all__ = ["READ_SIZE", "StreamConnection", "serve_listener", "serve_stream"]
 
@@ -38,8 +43,11 @@ _GONE = (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError
 class StreamConnection:
     """One connection's write side on an anyio byte stream."""
 
-    def __init__(self, stream: anyio.abc.ByteStream) -> None:
+    def __init__(self, stream: anyio.abc.ByteStream, tls: bool = False) -> None:
         self.stream = stream
+        # A TLS stream has no half close before TLS 1.3 (and anyio's fails on a
+        # closed one): it is closed after its last bytes instead.
+        self._tls = tls
         self._queue: list[bytes] = []
         self._queued = 0
         self._wake = anyio.Event()
@@ -73,7 +81,7 @@ class StreamConnection:
         while True:
             try:
                 data = await receive(READ_SIZE)
-            except _GONE:
+            except (*_GONE, OSError):  # OSError: a TLS error (a bad record)
                 break
             if self._closing:
                 continue
@@ -103,17 +111,35 @@ class StreamConnection:
                 else:
                     self._wake = anyio.Event()
                     await self._wake.wait()
-            await stream.send_eof()
-            await self._ended.wait()
+            if not self._tls:
+                await stream.send_eof()
+                await self._ended.wait()
         except (*_GONE, NotImplementedError, OSError):
             pass  # gone, or the peer reset it before the end
         self.scope.cancel()
 
 
-async def serve_stream(hub: Hub, stream: anyio.abc.ByteStream, peer: str) -> None:
-    """Serve one connection on ``stream`` until it ends; closes the stream."""
-    conn = StreamConnection(stream)
-    cid = hub.connect(conn, peer)
+async def serve_stream(
+    hub: Hub, stream: anyio.abc.ByteStream, peer: str, tls: ssl.SSLContext | None = None
+) -> None:
+    """Serve one connection on ``stream`` until it ends (after a TLS handshake with ``tls``).
+
+    Closes the stream.
+    """
+    identity = None
+    if tls is not None:
+        try:
+            with anyio.fail_after(HANDSHAKE_TIMEOUT):
+                stream = await TLSStream.wrap(
+                    stream, server_side=True, ssl_context=tls, standard_compatible=False
+                )
+        except (TimeoutError, OSError, *_GONE) as exc:
+            log.debug("%s: TLS handshake failed: %r", peer, exc)
+            await anyio.aclose_forcefully(stream)
+            return
+        identity = peer_identity(stream.extra(TLSAttribute.peer_certificate))
+    conn = StreamConnection(stream, tls=tls is not None)
+    cid = hub.connect(conn, peer, identity)
     try:
         with conn.scope:
             async with anyio.create_task_group() as tg:
@@ -130,6 +156,7 @@ async def serve_listener(
     listener: anyio.abc.SocketListener,
     name: str,
     task_group: anyio.abc.TaskGroup,
+    tls: ssl.SSLContext | None = None,
 ) -> None:
     """Accept from ``listener`` until cancelled; serve each connection in ``task_group``."""
     backoff = AcceptBackoff(name)
@@ -142,4 +169,4 @@ async def serve_listener(
         except OSError:  # it went away already (getpeername: not connected)
             await stream.aclose()
             continue
-        task_group.start_soon(serve_stream, hub, stream, peer)
+        task_group.start_soon(serve_stream, hub, stream, peer, tls)

@@ -1,0 +1,133 @@
+"""What the security tests share: certificates (trustme), auth files, raw TLS line clients."""
+
+from __future__ import annotations
+
+import json
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import trustme
+from anyio.streams.buffered import BufferedByteReceiveStream
+
+from mqcore_tcp._auth import hash_secret
+
+#: Low scrypt cost for test users: the format and checks are the same, the tests fast.
+FAST = {"n": 1 << 10, "r": 8, "p": 1}
+
+
+@dataclass
+class Certs:
+    """A CA, a server certificate for 127.0.0.1/localhost, and files for the server's options."""
+
+    ca: trustme.CA
+    cert: Path
+    key: Path
+    ca_file: Path
+
+    def client_context(self) -> ssl.SSLContext:
+        """A client context that trusts this CA."""
+        context = ssl.create_default_context()
+        self.ca.configure_trust(context)
+        return context
+
+    def client_cert(self, directory: Path, name: str) -> ssl.SSLContext:
+        """A client context presenting a certificate with subject CN ``name``."""
+        issued = self.ca.issue_cert(f"{name}.example", common_name=name)
+        context = self.client_context()
+        issued.configure_cert(context)
+        return context
+
+
+def make_certs(directory: Path) -> Certs:
+    ca = trustme.CA()
+    server = ca.issue_cert("127.0.0.1", "localhost")
+    cert = directory / "server.pem"
+    key = directory / "server.key"
+    ca_file = directory / "ca.pem"
+    server.private_key_pem.write_to_path(str(key))
+    with open(cert, "wb") as file:
+        for blob in server.cert_chain_pems:
+            file.write(blob.bytes())
+    ca.cert_pem.write_to_path(str(ca_file))
+    return Certs(ca, cert, key, ca_file)
+
+
+def write_auth(path: Path, users: dict[str, dict[str, Any]]) -> Path:
+    """Write an auth file: each user's ``password``/``token`` is stored hashed."""
+    out = []
+    for name, entry in users.items():
+        out.append(f"[users.{name}]")
+        for key, value in entry.items():
+            if key in ("password", "token"):
+                out.append(f'{key}_hash = "{hash_secret(value, **FAST)}"')
+            else:
+                out.append(f"{key} = {json.dumps(value)}")
+    path.write_text("\n".join(out) + "\n")
+    return path
+
+
+#: The users most tests use.
+USERS: dict[str, dict[str, Any]] = {
+    "alice": {
+        "password": "wonderland",
+        "publish": ["orders.>", "alerts"],
+        "subscribe": ["orders.*", "alerts"],
+        "deny_publish": ["orders.internal.>"],
+    },
+    "bot": {"token": "t0ken-s3cret", "subscribe": [">"]},
+}
+
+
+class RawClient:
+    """A line client over any byte stream (TLS or not): write JSON lines, read replies."""
+
+    def __init__(self, stream: anyio.abc.ByteStream) -> None:
+        self.stream = stream
+        self._reader = BufferedByteReceiveStream(stream)
+
+    @classmethod
+    async def tcp(cls, port: int, tls: ssl.SSLContext | None = None) -> RawClient:
+        if tls is None:
+            return cls(await anyio.connect_tcp("127.0.0.1", port))
+        stream = await anyio.connect_tcp(
+            "127.0.0.1", port, ssl_context=tls, tls_standard_compatible=False
+        )
+        return cls(stream)
+
+    @classmethod
+    async def unix(cls, path: str) -> RawClient:
+        return cls(await anyio.connect_unix(path))
+
+    async def write(self, *objs: Any) -> None:
+        await self.stream.send(b"".join(json.dumps(o).encode() + b"\n" for o in objs))
+
+    async def read(self) -> Any:
+        while True:
+            line = await self._reader.receive_until(b"\r\n", 1 << 20)
+            if line:  # skip heartbeats (empty lines)
+                return json.loads(line)
+
+    async def request(self, obj: Any) -> Any:
+        await self.write(obj)
+        return await self.read()
+
+    async def closed(self) -> bool:
+        """Whether the server ends the connection (reading and discarding until it does)."""
+        try:
+            while await self.stream.receive():
+                pass
+        except (anyio.EndOfStream, anyio.BrokenResourceError, OSError, anyio.IncompleteRead):
+            return True
+        return True
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+    async def __aenter__(self) -> RawClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
