@@ -165,17 +165,18 @@ op_strategy = st.one_of(
 
 def run_and_restart(
     store: Store, cache_size: int, ops: list[tuple[Any, ...]], crash: bool
-) -> tuple[Broker, Broker, set[tuple[str, int]]]:
+) -> tuple[Broker, Broker, set[tuple[str, int]], dict[str, int]]:
     """Drive a durable broker as a transport would, then restart from ``store``.
 
     Records are stored per output; ``after_write`` records wait for a "write"
     op (the socket write), and with ``crash`` the last ones are never stored.
-    Returns the original broker, the restarted one and the consumptions that
-    were never stored.
+    Returns the original broker, the restarted one, the consumptions that
+    were never stored, and per topic the index past every index handed out.
     """
     broker = Broker(cache_size=cache_size, durable=True, choose=lambda n: n - 1)
     conns = [broker.open_connection() for _ in range(3)]
     unwritten: list[Record] = []
+    handed_out: dict[str, int] = {}
     sent = 0
 
     def flush() -> None:
@@ -187,6 +188,7 @@ def run_and_restart(
     for op in ops:
         if op[0] == "send":
             _, c, topic, delivery, cache = op
+            handed_out[topic] = broker.next_index(topic) + 1  # the index this send gets, + 1
             broker.receive_data(conns[c], send(topic, f"m{sent}", delivery, cache=cache))
             sent += 1
         elif op[0] == "sub":
@@ -208,17 +210,23 @@ def run_and_restart(
         store.apply(unwritten)
         unwritten.clear()
     lost = {(r.topic, r.index) for r in unwritten if isinstance(r, CacheRemove)}
-    return broker, restored(store, cache_size), lost
+    return broker, restored(store, cache_size), lost, handed_out
 
 
 def check_restart(
-    original: Broker, after: Broker, unconfirmed: set[tuple[str, int]], cache_size: int
+    original: Broker,
+    after: Broker,
+    unconfirmed: set[tuple[str, int]],
+    cache_size: int,
+    handed_out: dict[str, int],
 ) -> None:
     for topic in TOPICS:
-        # A topic never sent to (or forgotten) is not stored: after the restart
-        # it starts at the index floor, which may be past where it stood, never
-        # below. One with cached messages continues exactly where it was.
-        assert after.next_index(topic) >= original.next_index(topic)
+        # No index is handed out twice for a topic. A topic never sent to (or
+        # forgotten) is not stored: after the restart it starts at the stored
+        # index floor, past every index it ever had (the running broker's own
+        # floor may be higher still). One with cached messages continues
+        # exactly where it was.
+        assert after.next_index(topic) >= handed_out.get(topic, 0)
         if original.cached(topic):
             assert after.next_index(topic) == original.next_index(topic)
         before = {json.loads(d)["index"]: d for d in original.cached(topic)}
@@ -246,8 +254,8 @@ def test_memory_store_restores_the_broker(
     cache_size: int, ops: list[tuple[Any, ...]], crash: bool
 ) -> None:
     store = MemoryStore("e")
-    original, after, unconfirmed = run_and_restart(store, cache_size, ops, crash)
-    check_restart(original, after, unconfirmed, cache_size)
+    original, after, unconfirmed, handed_out = run_and_restart(store, cache_size, ops, crash)
+    check_restart(original, after, unconfirmed, cache_size, handed_out)
     # Disk use stays bounded: the cache, plus `one` messages not yet confirmed.
     assert store.cached_count() <= 2 * cache_size + len(unconfirmed)
 
@@ -265,10 +273,10 @@ def test_sqlite_store_restores_the_broker(
 ) -> None:
     path = data_dir / f"{os.urandom(4).hex()}.db"
     with SQLiteStore(path) as store:
-        original, _, unconfirmed = run_and_restart(store, cache_size, ops, crash)
+        original, _, unconfirmed, handed_out = run_and_restart(store, cache_size, ops, crash)
     # A real restart: a new process would open the file again.
     with SQLiteStore(path) as store:
-        check_restart(original, restored(store, cache_size), unconfirmed, cache_size)
+        check_restart(original, restored(store, cache_size), unconfirmed, cache_size, handed_out)
         epoch = store.load().epoch
     with SQLiteStore(path) as store:
         assert store.load().epoch == epoch
