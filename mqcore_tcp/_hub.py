@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time  # web: when each connection came, for /api/connections
 import uuid
 from collections import deque
 from collections.abc import Callable
@@ -45,6 +46,7 @@ import anyio
 from mqcore import Broker, ConnectionId, Output, Record, Store, StoreError
 
 from ._commit import Committer, committer_for
+from ._commit_timing import CommitTiming, TimedStore  # web: mqcore_store_commit_seconds
 from ._config import ServerConfig
 from ._connection import Connection
 
@@ -59,11 +61,12 @@ SHUTDOWN_GRACE: Final = 5.0
 class _Link:
     """The hub's side of one connection: the connection and what awaits its bytes."""
 
-    __slots__ = ("confirms", "conn", "peer", "written")
+    __slots__ = ("confirms", "conn", "peer", "since", "written")  # web: since
 
     def __init__(self, conn: Connection, peer: str) -> None:
         self.conn = conn
         self.peer = peer
+        self.since = time.time()  # web: when it connected (wall clock, for /api/connections)
         # Bytes ever written to the connection.
         self.written = 0
         # (bytes written when they came, after-write records), oldest first.
@@ -86,11 +89,19 @@ class Hub:
             raise ValueError("give a store or a broker, not both")
         self.max_queued_bytes: Final = config.max_queued_bytes
         self.broker: Final = broker if broker is not None else _new_broker(config, store)
+        #: Commit durations, for /metrics (durable only).
+        self.commit_timing = CommitTiming()  # web: mqcore_store_commit_seconds
         self._committer: Committer | None = (
-            None if store is None else committer_for(store, self._apply)
+            None
+            if store is None
+            else committer_for(TimedStore(store, self.commit_timing), self._apply)  # web: timed
         )
         self._links: dict[ConnectionId, _Link] = {}
         self._idle = anyio.Event()
+        #: Connections dropped for not reading (a plain counter, read at scrape time).
+        self.slow_consumer_disconnects = 0  # web: counter for /metrics
+        #: Set once close() starts: /healthz answers 503 from then on.
+        self.closing = False  # web: health
 
     # -- the transports' side ---------------------------------------------------------
 
@@ -172,8 +183,13 @@ class Hub:
         """Why the store failed, if it has."""
         return None if self._committer is None else self._committer.error
 
+    def connections(self) -> list[tuple[ConnectionId, str, float, Connection]]:  # web: stats
+        """Each live connection: its id, peer, connect time (``time.time()``) and itself."""
+        return [(cid, link.peer, link.since, link.conn) for cid, link in self._links.items()]
+
     async def close(self, grace: float = SHUTDOWN_GRACE) -> None:
         """Store what is queued, flush and close every connection; abort the rest after grace."""
+        self.closing = True  # web: health
         if self._committer is not None:
             with anyio.move_on_after(grace):
                 await self._committer.drain()
@@ -257,6 +273,7 @@ class Hub:
             self._committer.store_later(ready)
 
     def _overflow(self, cid: ConnectionId, link: _Link) -> None:
+        self.slow_consumer_disconnects += 1  # web: counter for /metrics
         log.warning(
             "connection %d from %s: disconnected, %d bytes queued exceed the limit of %d "
             "(it is not reading)",

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from urllib.parse import SplitResult, urlsplit
 
+from ._http import open_http  # web: the http:// listener
 from ._socket_listener import Listening
 from ._tcp import open_tcp
 from ._unix import open_unix
@@ -22,6 +23,7 @@ TRANSPORTS: dict[str, Opener] = {
     "mqcore": open_tcp,
     "tcp": open_tcp,
     "unix": open_unix,
+    "http": open_http,  # web: health, metrics, API, console and /ws
 }
 
 
