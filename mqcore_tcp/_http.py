@@ -61,6 +61,7 @@ READ_SIZE: Final = 64 << 10
 
 _GONE = (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
 _REASONS: Final = {
+    200: "OK",
     400: "Bad Request",
     404: "Not Found",
     405: "Method Not Allowed",
@@ -68,6 +69,8 @@ _REASONS: Final = {
     413: "Content Too Large",
     426: "Upgrade Required",
     431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
 }
 
 
@@ -232,7 +235,13 @@ class HTTPConnection:
             ("cache-control", "no-store"),
             *page.headers,
         ]
-        data = self.h11.send(h11.Response(status_code=page.status, headers=headers))
+        data = self.h11.send(
+            h11.Response(
+                status_code=page.status,
+                headers=headers,
+                reason=_REASONS.get(page.status, "").encode(),
+            )
+        )
         if not head_only:
             data += self.h11.send(h11.Data(data=page.body))
         data += self.h11.send(h11.EndOfMessage())
