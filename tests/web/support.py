@@ -6,6 +6,7 @@ frames and close codes exactly as the server sent them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -160,10 +161,8 @@ class WSClient:
                 await self.stream.send(self.ws.send(event.response()))
             elif isinstance(event, CloseConnection):
                 self.close_code = event.code
-                try:
+                with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
                     await self.stream.send(self.ws.send(event.response()))
-                except Exception:
-                    pass
                 return False
         return True
 
