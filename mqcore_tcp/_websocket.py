@@ -254,7 +254,7 @@ async def serve_websocket(
 ) -> None:
     """Serve one upgraded connection (its 101 already sent) until it ends; closes the stream."""
     conn = WebSocketConnection(stream, ws, hub.broker.max_line_bytes)
-    cid = hub.connect(conn, f"ws {peer}")
+    cid = hub.connect(conn, peer)
     try:
         with conn.scope:
             async with anyio.create_task_group() as tg:

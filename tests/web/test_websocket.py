@@ -1,4 +1,4 @@
-"""The mqcore protocol over WebSocket, on asyncio and trio: as over TCP; bad frames get close codes."""
+"""The mqcore protocol over WebSocket, asyncio and trio: as over TCP; bad frames get close codes."""
 
 from __future__ import annotations
 
