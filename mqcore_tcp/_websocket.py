@@ -52,8 +52,9 @@ from mqcore import ConnectionId
 
 from ._aio import CLOSE_TIMEOUT
 from ._hub import Hub
+from ._ws_frames import split_text_frames, text_frames
 
-__all__ = ["WebSocketConnection", "accept_upgrade", "serve_websocket", "text_frames"]
+__all__ = ["WebSocketConnection", "accept_upgrade", "serve_websocket"]
 
 log = logging.getLogger("mqcore_tcp")
 
@@ -61,30 +62,6 @@ log = logging.getLogger("mqcore_tcp")
 READ_SIZE: Final = 256 << 10
 
 _GONE = (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError)
-# A text frame's first byte (FIN + opcode 1); the headers of payloads under 126 bytes.
-_TEXT: Final = 0x81
-_SMALL_HEADERS: Final = tuple(bytes((_TEXT, n)) for n in range(126))
-
-
-def text_frames(chunks: list[bytes]) -> tuple[bytes, int]:
-    """One unmasked text frame per chunk (its ``\\r\\n`` left out), joined; and the chunks' size."""
-    parts: list[bytes | memoryview] = []
-    size = 0
-    for chunk in chunks:
-        length = len(chunk)
-        size += length
-        if chunk.endswith(b"\r\n"):
-            length -= 2
-        if length < 126:
-            parts.append(_SMALL_HEADERS[length])
-        elif length < 65536:
-            parts.append(b"\x81\x7e" + length.to_bytes(2, "big"))
-        else:
-            parts.append(b"\x81\x7f" + length.to_bytes(8, "big"))
-        parts.append(memoryview(chunk)[:length])
-    return b"".join(parts), size
-
-
 def accept_upgrade(headers: list[tuple[bytes, bytes]], target: bytes) -> tuple[WSConnection, bytes]:
     """Check an upgrade request already parsed by h11; return wsproto's state and the 101 bytes.
 
@@ -121,6 +98,11 @@ class WebSocketConnection:
         self._close: tuple[int, str] = (CloseReason.NORMAL_CLOSURE, "")
         self._ended = anyio.Event()  # the peer's close frame came (or its side ended)
         self._message_bytes = 0  # of the text message under way
+        # Simple frames are split here until the first other one (see _ws_frames);
+        # _pending holds an incomplete simple frame meanwhile.
+        self._fast = True
+        self._pending = b""
+        self._switch_to: bytes | None = None  # what wsproto gets first, once it takes over
 
     # -- the hub's side ----------------------------------------------------------------
 
@@ -150,13 +132,17 @@ class WebSocketConnection:
         data = initial
         while True:
             if data:
-                self.ws.receive_data(data)
-                commands = self._take_events(hub, cid)
-                if commands:
-                    hub.receive(cid, commands)
-                    hub.flush()
-                    if hub.backlogged:
-                        await hub.wait_for_room()
+                if self._fast:
+                    commands = self._fast_commands(data)
+                    if commands:
+                        hub.receive(cid, commands)
+                if not self._fast:  # (also when it just stopped being fast)
+                    commands = self._slow_commands(hub, cid, data)
+                    if commands:
+                        hub.receive(cid, commands)
+                hub.flush()
+                if hub.backlogged:
+                    await hub.wait_for_room()
             if self._ended.is_set():
                 return
             try:
@@ -166,6 +152,36 @@ class WebSocketConnection:
         self._ended.set()
         if not self._closing:
             hub.receive_eof(cid)
+
+    def _fast_commands(self, data: bytes) -> bytes:
+        """Split simple frames here; leave the rest to wsproto from the first that is not."""
+        if self._pending:
+            data = self._pending + data
+        payloads, used, other = split_text_frames(data, self.max_message)
+        commands = b""
+        if payloads:
+            payloads.append(b"")
+            commands = b"\n".join(payloads)  # one command line (or several) per frame
+            try:
+                commands.decode()
+            except UnicodeDecodeError:
+                # Not text: let wsproto parse these frames again, and close with 1007.
+                used, other, commands = 0, True, b""
+        if other or self._closing:
+            self._fast = False
+            self._pending = b""
+            self._switch_to = data[used:]
+        else:
+            self._pending = data[used:]
+        return commands
+
+    def _slow_commands(self, hub: Hub, cid: ConnectionId, data: bytes) -> bytes:
+        """wsproto's path: every frame kind, every rule."""
+        if self._switch_to is not None:
+            data, self._switch_to = self._switch_to, None
+        if data:
+            self.ws.receive_data(data)
+        return self._take_events(hub, cid)
 
     def _take_events(self, hub: Hub, cid: ConnectionId) -> bytes:
         """Handle what wsproto parsed; return the command bytes for the hub."""

@@ -6,7 +6,7 @@ import json
 
 import anyio
 import pytest
-from wsproto.events import Message
+from wsproto.events import Message, Ping
 
 from ..conftest import BOTH_BACKENDS
 from ..helpers import LineClient
@@ -151,3 +151,28 @@ async def test_a_websocket_that_does_not_read_is_dropped_and_counted() -> None:
             await tcp.write(send("t", "still here"))
             assert OK in await tcp.read_n(2)
         await lazy.aclose()
+
+
+async def test_frames_split_anywhere_and_control_frames_between_commands() -> None:
+    async with web_server() as web:
+        ws = await WSClient.open(web.http_port)
+        # One simple frame, byte by byte: it waits for its end, then counts once.
+        frame = ws.ws.send(Message(data=json.dumps(sub("t"))))
+        for n in range(len(frame)):
+            await ws.stream.send(frame[n : n + 1])
+        assert await ws.read() == OK
+        # A ping between two commands, in one write: pong, then both replies in order.
+        first = ws.ws.send(Message(data=json.dumps(send("t", "a"))))
+        ping = ws.ws.send(Ping(b"are you there"))
+        second = ws.ws.send(Message(data=json.dumps(send("t", "b"))))
+        await ws.stream.send(first + ping + second)
+        got = [m for m in await ws.read_n(4) if m != OK]
+        assert got == [delivered("t", "a", 0), delivered("t", "b", 1)]
+        # And still after the switch to wsproto's parsing: a message in three fragments.
+        for n, part in enumerate(
+            ['{"command": "send", ', '"topic": "t", "msg": "c", ', '"delivery": "all"}']
+        ):
+            await ws.stream.send(ws.ws.send(Message(data=part, message_finished=n == 2)))
+        got = [m for m in await ws.read_n(2) if m != OK]
+        assert got == [delivered("t", "c", 2)]
+        await ws.aclose()
