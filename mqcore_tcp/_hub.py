@@ -59,6 +59,7 @@ from mqcore import Broker, ConnectionId, Output, Reason, Record, Store, StoreErr
 
 from ._auth import AuthFile
 from ._commit import Committer, committer_for
+from ._commit_timing import CommitTiming, TimedStore
 from ._config import ServerConfig, default_max_connections
 from ._connection import Connection
 from ._watch import Watch
@@ -87,6 +88,7 @@ class _Link:
         "heartbeat",
         "partial_since",
         "peer",
+        "since",
         "user",
         "written",
     )
@@ -94,6 +96,7 @@ class _Link:
     def __init__(self, conn: Connection, peer: str, now: int) -> None:
         self.conn = conn
         self.peer = peer
+        self.since = time.time()  # wall clock, for /api/connections
         # Ticks of the Watch (see _watch): when it was accepted, last read
         # from, last sent a heartbeat, and since when it holds a partial line (-1: none).
         self.born = self.heard = self.beat = now
@@ -132,8 +135,14 @@ class Hub:
         self.broker: Final = (
             broker if broker is not None else _new_broker(config, store, auth is not None)
         )
+        #: Commit durations, for /metrics (durable only).
+        self.commit_timing = CommitTiming()
         self._committer: Committer | None = (
-            None if store is None else committer_for(store, self._apply, self._storage_changed)
+            None
+            if store is None
+            else committer_for(
+                TimedStore(store, self.commit_timing), self._apply, self._storage_changed
+            )
         )
         self._links: dict[ConnectionId, _Link] = {}
         #: Every live connection, by id (the Watch's view).
@@ -149,6 +158,10 @@ class Hub:
             auth=auth,
         )
         self._crowded = False
+        #: Connections dropped for not reading (a plain counter, read at scrape time).
+        self.slow_consumer_disconnects = 0
+        #: Set once close() starts: /healthz answers 503 from then on.
+        self.closing = False
 
     # -- the transports' side ---------------------------------------------------------
 
@@ -296,8 +309,13 @@ class Hub:
         """Why the store failed, if it has."""
         return None if self._committer is None else self._committer.error
 
+    def connections(self) -> list[tuple[ConnectionId, str, float, Connection]]:
+        """Each live connection: its id, peer, connect time (``time.time()``) and itself."""
+        return [(cid, link.peer, link.since, link.conn) for cid, link in self._links.items()]
+
     async def close(self, grace: float = SHUTDOWN_GRACE) -> None:
         """Store what is queued, flush and close every connection; abort the rest after grace."""
+        self.closing = True
         if self._committer is not None:
             with anyio.move_on_after(grace):
                 await self._committer.drain()
@@ -389,6 +407,7 @@ class Hub:
         self._drop(cid, link)
 
     def _overflow(self, cid: ConnectionId, link: _Link) -> None:
+        self.slow_consumer_disconnects += 1
         log.warning(
             "connection %d from %s: disconnected, %d bytes queued exceed the limit of %d "
             "(it is not reading)",

@@ -12,6 +12,7 @@ import ssl
 from collections.abc import Awaitable, Callable
 from urllib.parse import SplitResult, urlsplit
 
+from ._http import open_http
 from ._socket_listener import Listening
 from ._tcp import open_tcp
 from ._tls import TLS_SCHEMES
@@ -28,6 +29,7 @@ TRANSPORTS: dict[str, Opener] = {
     "mqcores": open_tcp,
     "tls": open_tcp,
     "unix": open_unix,
+    "http": open_http,
 }
 
 
