@@ -25,6 +25,14 @@ from mqcore import (
 from ..helpers import Harness
 from ..wire import OK, delivered, fail, line, send, sub, unsub
 
+#: Valid JSON nested about 1,000 deep: "Could not parse json" where the decoder
+#: gives up on it (its limit follows the interpreter's: Python 3.10 and 3.11),
+#: "Malformed json message" where it parses (3.12+: valid JSON, not a
+#: command). Either way one error reply, and the connection goes on.
+DEEP = "deep valid JSON"
+DEEP_REPLIES = ([fail(Reason.NOT_JSON)], [fail(Reason.MALFORMED)])
+
+
 # -- framing and error replies -----------------------------------------------------
 
 
@@ -96,16 +104,16 @@ def test_unicode_whitespace_is_stripped_like_the_reference() -> None:
         (b"[" * 100_000 + b"]" * 100_000, Reason.NOT_JSON),
         # Nesting past the decoder's limit, where the decoder skips a value
         # (an unknown key, a missing tag): it raises RecursionError there.
-        (b'{"a":' * 1_000 + b"1" + b"}" * 1_000, Reason.NOT_JSON),
+        (b'{"a":' * 1_000 + b"1" + b"}" * 1_000, DEEP),
         (b'{"a":' * 100_000 + b"1" + b"}" * 100_000, Reason.NOT_JSON),
-        (b'{"x":' + b'{"a":' * 1_000 + b"1" + b"}" * 1_001, Reason.NOT_JSON),
-        (b'{"x":' + b"[" * 1_000 + b"]" * 1_000 + b',"command":"subscribe"}', Reason.NOT_JSON),
+        (b'{"x":' + b'{"a":' * 1_000 + b"1" + b"}" * 1_001, DEEP),
+        (b'{"x":' + b"[" * 1_000 + b"]" * 1_000 + b',"command":"subscribe"}', DEEP),
         (
             b'{"command":"send","topic":"t","msg":"m","delivery":"all","x":'
             + b'{"a":' * 1_000
             + b"1"
             + b"}" * 1_001,
-            Reason.NOT_JSON,
+            DEEP,
         ),
         (
             b'{"command":"subscribe","topic":"t","x":' + b"[" * 100 + b"]" * 100 + b"}",
@@ -117,7 +125,10 @@ def test_error_replies(raw: bytes, reason: str) -> None:
     h = Harness()
     c = h.connect()
     h.feed(c, raw + b"\n")
-    assert h.take(c) == [fail(reason)]
+    if reason is DEEP:
+        assert h.take(c) in DEEP_REPLIES
+    else:
+        assert h.take(c) == [fail(reason)]
     # The connection is still usable afterwards.
     h.send(c, sub("t"))
     assert h.take(c) == [OK]

@@ -89,7 +89,8 @@ def test_a_deeply_nested_line_gets_its_reply_and_the_read_goes_on() -> None:
     nested = b'{"a":' * 5_000 + b"1" + b"}" * 5_000 + b"\n"
     # The send before it in the same read is acknowledged, the one after is carried out.
     h.feed(c, line(send("t", "before")) + nested + line(send("t", "after")))
-    assert h.take(c) == [OK, fail(Reason.NOT_JSON), OK]
+    # Past the decoder's limit on 3.10/3.11; parsed (valid JSON, not a command) on 3.12+.
+    assert h.take(c) in ([OK, fail(Reason.NOT_JSON), OK], [OK, fail(Reason.MALFORMED), OK])
     assert h.take(s) == [delivered("t", "before", 0), delivered("t", "after", 1)]
 
 

@@ -103,7 +103,7 @@ def test_listen_urls_and_the_host_port_shorthand(argv: list[str], urls: tuple[st
 @pytest.mark.parametrize(
     ("url", "says"),
     [
-        ("http://127.0.0.1:80", "unknown scheme"),
+        ("ftp://127.0.0.1:80", "unknown scheme"),
         ("unix://", "no socket path"),
         ("mqcore://127.0.0.1:99999", "port"),
         ("mqcore://127.0.0.1:7000/x", "no path"),
