@@ -39,6 +39,7 @@ from ._connect import connect
 from ._errors import ConnectionLostError, MQError, MQTimeoutError
 from ._protocol import Received
 from ._url import DEFAULT_HOST, DEFAULT_PORT, Address, parse_url
+from ._web_cli import WEB_COMMANDS, add_web_commands, run_web_command
 
 _T = TypeVar("_T")
 
@@ -178,6 +179,7 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         action="store_true",
         help="reconnect when the connection drops, resuming after the last message",
     )
+    add_web_commands(commands)
     return parser
 
 
@@ -351,6 +353,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "subscribe" and args.count is not None and args.count < 1:
         parser.error("--count must be at least 1")
+    if args.command in WEB_COMMANDS:
+        return run_web_command(args)
     try:
         address = _address(args)
     except ValueError as exc:

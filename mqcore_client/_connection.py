@@ -33,6 +33,7 @@ from anyio.abc import SocketAttribute
 from ._errors import ConnectError, ConnectionLostError, ProtocolError
 from ._session import Session
 from ._url import Address
+from ._ws import connect_ws
 
 __all__ = ["Connection", "open_stream"]
 
@@ -45,8 +46,13 @@ _BROKEN: Final = (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
 async def open_stream(
     address: Address, ssl_context: ssl.SSLContext | None = None
 ) -> anyio.abc.ByteStream:
-    """Connect to ``address`` (TCP with keepalive, TLS, or a Unix socket); raise ConnectError."""
+    """Connect to ``address`` (TCP with keepalive, TLS, a Unix socket, or a WebSocket).
+
+    Raise ConnectError.
+    """
     try:
+        if address.websocket is not None:
+            return await connect_ws(address.websocket)
         if address.path is not None:
             return await anyio.connect_unix(address.path)
         if address.tls:

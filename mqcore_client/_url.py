@@ -37,16 +37,22 @@ class Address:
     tls: bool = False
     user: str | None = None
     password: str | None = field(default=None, repr=False)
+    #: A ``ws://HOST:PORT/PATH`` URL: the protocol over a server's WebSocket listener.
+    websocket: str | None = None
 
     @property
     def url(self) -> str:
         """The address as a URL that :func:`parse_url` reads back (without credentials)."""
+        if self.websocket is not None:
+            return self.websocket
         if self.path is not None:
             return f"unix://{self.path}"
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{'mqcores' if self.tls else 'mqcore'}://{host}:{self.port}"
 
     def __str__(self) -> str:
+        if self.websocket is not None:
+            return self.websocket
         if self.path is not None:
             return self.path
         host = f"[{self.host}]" if ":" in self.host else self.host
@@ -83,8 +89,13 @@ def parse_url(url: str) -> Address:
             user=user,
             password=password,
         )
+    if scheme == "ws":
+        parts = urllib.parse.urlsplit(text)
+        if not parts.hostname:
+            raise ValueError(f"{_safe(url)!r}: a ws:// address needs a host")
+        return Address(parts.hostname, parts.port or 80, websocket=text)
     raise ValueError(
-        f"{_safe(url)!r}: unknown scheme {scheme!r} (use mqcore://, mqcores:// or unix://)"
+        f"{_safe(url)!r}: unknown scheme {scheme!r} (use mqcore://, mqcores://, unix:// or ws://)"
     )
 
 

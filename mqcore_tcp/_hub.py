@@ -74,6 +74,9 @@ SHUTDOWN_GRACE: Final = 5.0
 TICK: Final = 1.0
 
 _TOO_MANY_CONNECTIONS: Final = error_reply(Reason.TOO_MANY_CONNECTIONS)
+#: How every failure reply starts (mqcore.error_reply): a refused command.
+_REFUSAL: Final = b'{"success": false, "reason": '
+
 
 
 class _Link:
@@ -210,10 +213,22 @@ class Hub:
         output = broker.take_output()
         if output.hellos:
             self.watch.hellos(output.hellos)
+        if output.writes and log.isEnabledFor(logging.DEBUG):
+            self._log_refusals(output)
         self._dispatch(output)
         deadline = broker.next_deadline()
         if deadline is not None and deadline < self._wake_at:
             self._wake.set()
+
+    def _log_refusals(self, output: Output) -> None:
+        """At debug level only: each refused command's reason and connection."""
+        for cid, chunks in output.writes.items():
+            for chunk in chunks:
+                if chunk.startswith(_REFUSAL):
+                    link = self._links.get(cid)
+                    peer = "?" if link is None else link.peer
+                    reason = chunk[len(_REFUSAL) : -3].decode("utf-8", "replace")
+                    log.debug("connection %d from %s: refused: %s", cid, peer, reason)
 
     def reload_auth(self, auth: AuthFile) -> None:
         """Apply a reloaded auth file to new and existing connections (SIGHUP)."""

@@ -12,7 +12,7 @@ import pytest
 
 from mqcore_tcp import parse_args
 
-from ..helpers import free_port, popen_server, server_command
+from ..helpers import LineClient, free_port, popen_server, server_command, server_process
 
 
 def request(port: int, *lines: bytes) -> list[Any]:
@@ -106,3 +106,19 @@ def test_defaults_and_forms() -> None:
     assert (args.port, args.cache_size) == (7100, 5)
     args = parse_args(["--port", "0", "--cache-size", "0"])
     assert (args.port, args.cache_size) == (0, 0)
+
+
+@pytest.mark.anyio
+async def test_refused_commands_are_logged_at_debug_level_with_reason_and_connection() -> None:
+    async with (
+        server_process("--in-memory", "--log-level", "DEBUG") as server,
+        await LineClient.open(server.port) as client,
+    ):
+        await client.stream.send(b"nope\n")
+        assert (await client.read())["reason"] == "Could not parse json"
+    # The server has stopped: its whole log has been read.
+    refusals = [text for text in server.log if "refused:" in text]
+    assert len(refusals) == 1, server.log
+    assert '"Could not parse json"' in refusals[0]
+    assert "connection " in refusals[0]
+    assert "127.0.0.1:" in refusals[0]

@@ -38,3 +38,16 @@ async def test_a_refused_upgrade_is_an_os_error() -> None:
     async with web_server() as web:
         with pytest.raises(OSError, match="refused"):
             await connect_ws(f"ws://127.0.0.1:{web.http_port}/nope")
+
+
+async def test_the_client_speaks_over_ws_urls() -> None:
+    # connect("ws://...") is the whole client, subscriptions and replies, over /ws.
+    from mqcore_client import connect
+
+    async with web_server() as web:
+        url = f"ws://127.0.0.1:{web.http_port}/ws"
+        async with connect(url) as client, client.subscribe("t") as subscription:
+            await client.send("t", "over the web")
+            with anyio.fail_after(10):
+                received = await subscription.__anext__()
+            assert (received.topic, received.msg, received.index) == ("t", "over the web", 0)

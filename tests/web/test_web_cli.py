@@ -58,3 +58,20 @@ def test_the_subcommands_parse_and_dispatch(capsys: pytest.CaptureFixture[str]) 
     args = parser.parse_args(["stats", "--json", "--timeout", "1"])
     assert (args.json, args.timeout) == (True, 1.0)
     capsys.readouterr()
+
+
+async def test_ping_and_stats_are_commands_of_the_client_cli() -> None:
+    # Registered in `python -m mqcore_client` (the `mqcore` command): exit statuses for scripts.
+    import sys
+
+    async with web_server() as web:
+        url = f"http://127.0.0.1:{web.http_port}"
+        for argv, status in (
+            (["ping", "--web-url", url], 0),
+            (["stats", "--web-url", url, "--json"], 0),
+            (["ping", "--web-url", f"http://127.0.0.1:{free_port()}"], 3),
+        ):
+            done = await anyio.run_process(
+                [sys.executable, "-m", "mqcore_client", *argv], check=False
+            )
+            assert done.returncode == status, (argv, done.stderr)
