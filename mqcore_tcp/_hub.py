@@ -58,7 +58,8 @@ import anyio
 from mqcore import Broker, ConnectionId, Output, Reason, Record, Store, StoreError, error_reply
 
 from ._auth import AuthFile
-from ._commit import Committer, committer_for
+from ._commit import Committer
+from ._commit_strategies import committer_for
 from ._commit_timing import CommitTiming, TimedStore
 from ._config import ServerConfig, default_max_connections
 from ._connection import Connection
