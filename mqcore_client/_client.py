@@ -33,11 +33,21 @@ import anyio
 import anyio.lowlevel
 import msgspec
 
-from mqcore import DEFAULT_PREFETCH, Delivery, HelloReply, Send
+from mqcore import (
+    DEFAULT_PREFETCH,
+    Ack,
+    Delivery,
+    HelloReply,
+    Nack,
+    Reply,
+    Send,
+    Subscribe,
+    Unsubscribe,
+)
 from mqcore._subjects import is_pattern
 
 from ._connection import Connection, open_stream
-from ._consume import Consumer
+from ._consume import Consumer, ConsumerState
 from ._errors import (
     AuthenticationError,
     ConnectionLostError,
@@ -192,8 +202,10 @@ class Client:
         is offline (then it waits as :meth:`send` does).
         """
         session, conn = self._session, self._conn
-        if conn is None or len(session.pending) >= self._max_in_flight or (
-            len(session.out) >= _OUT_HIGH
+        if (
+            conn is None
+            or len(session.pending) >= self._max_in_flight
+            or (len(session.out) >= _OUT_HIGH)
         ):
             conn = await self._writable()
         session.enqueue(Send(topic, msg, delivery, cache), None)
@@ -281,7 +293,7 @@ class Client:
         nacks on an exception); at most ``prefetch`` are unacked at once.
         See :mod:`mqcore_client._consume` for the rules.
         """
-        return Consumer(self, topic, prefetch)
+        return Consumer(_ConsumerLink(self), topic, prefetch)
 
     # -- waiting --------------------------------------------------------------------
 
@@ -483,4 +495,57 @@ class Client:
         self._release(lost=True)
 
 
+class _ConsumerLink:
+    """A client as a :class:`~mqcore_client._consume.Consumer` sees it."""
 
+    __slots__ = ("_client",)
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    async def command(self, command: Ack | Nack | Subscribe, wait: bool) -> None:
+        client = self._client
+        conn = await client._writable()
+        if not wait:
+            client._session.enqueue(command, None)
+            conn.kick()
+            return
+        request = client._session.request(command)
+        conn.kick()
+        await client._reply(request, f"the {type(command).__name__.lower()}")
+
+    async def attach(self, state: ConsumerState) -> None:
+        client = self._client
+        consumers = client._session.consumers
+        if state.topic in consumers:
+            raise ValueError(f"this client already consumes {state.topic!r}")
+        conn = await client._writable()
+        consumers[state.topic] = state
+        request = client._session.request(state.command())
+        conn.kick()
+        try:
+            await client._reply(request, f"the subscribe to {state.topic!r}")
+        except BaseException:
+            self.detach(state)
+            raise
+
+    def detach(self, state: ConsumerState) -> None:
+        client = self._client
+        session = client._session
+        if session.consumers.get(state.topic) is not state:
+            return
+        del session.consumers[state.topic]
+        state.offline()
+        if session.online and state.topic not in session.subs:
+            # Hands back every job not acked. (With a plain subscription to
+            # the topic left, they come back at their ack wait instead.)
+            session.enqueue(Unsubscribe(state.topic), _ignore)
+            if client._conn is not None:
+                client._conn.kick()
+
+    def closed(self) -> ConnectionLostError | None:
+        return self._client._closed
+
+
+def _ignore(outcome: Reply | ConnectionLostError, line: bytes) -> None:
+    """The reply to a consumer's unsubscribe: nothing waits for it."""

@@ -27,20 +27,15 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-import anyio
-
-from mqcore import Ack, Nack, Reply, Subscribe, Unsubscribe
+from mqcore import Ack, Nack, Reply, Subscribe
 
 from ._errors import ConnectionLostError, MQError, ServerError
+from ._notified import Notified
 from ._protocol import Received
 
-if TYPE_CHECKING:
-    from ._client import Client
-
-__all__ = ["Consumer", "ConsumerState", "Job"]
+__all__ = ["Consumer", "ConsumerLink", "ConsumerState", "Job"]
 
 #: A nack's reason is the exception's text, cut to this many characters.
 MAX_REASON = 200
@@ -83,6 +78,22 @@ class ConsumerState:
         self.error = error
         if self.notify is not None:
             self.notify()
+
+
+class ConsumerLink(Protocol):
+    """What a :class:`Consumer` needs of its client (``Client`` provides it)."""
+
+    async def command(self, command: Ack | Nack | Subscribe, wait: bool) -> None:
+        """Write ``command``; with ``wait``, wait for its reply and raise a refusal."""
+
+    async def attach(self, state: ConsumerState) -> None:
+        """Register ``state`` as the topic's consumer and subscribe; raise a refusal."""
+
+    def detach(self, state: ConsumerState) -> None:
+        """Forget ``state`` and unsubscribe (nothing waits for the reply)."""
+
+    def closed(self) -> ConnectionLostError | None:
+        """Why the client ended for good, or None while it runs."""
 
 
 class Job:
@@ -137,12 +148,7 @@ class Job:
     async def __aenter__(self) -> Job:
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
         if self.settled:
             return
         if exc is None:
@@ -153,16 +159,15 @@ class Job:
         # when the consumer leaves or its ack wait is over.
 
 
-class Consumer:
+class Consumer(Notified):
     """``async with client.consume(topic) as jobs: async for job in jobs: ...``."""
 
-    def __init__(self, client: Client, topic: str, prefetch: int) -> None:
+    def __init__(self, link: ConsumerLink, topic: str, prefetch: int) -> None:
+        super().__init__("client.consume(...)")
         self.topic = topic
         self.state = ConsumerState(topic, prefetch)
         self.state.notify = self._wake
-        self._client = client
-        self._entered = False
-        self._waiter: anyio.Event | None = None
+        self._link = link
 
     async def set_prefetch(self, prefetch: int) -> None:
         """Change how many jobs may be unacked at once; 0 pauses (no new jobs come)."""
@@ -170,81 +175,25 @@ class Consumer:
         await self.command(self.state.command(), True)
 
     async def command(self, command: Ack | Nack | Subscribe, wait: bool) -> None:
-        client = self._client
-        conn = await client._writable()
-        session = client._session
-        if not wait:
-            session.enqueue(command, None)
-            conn.kick()
-            return
-        request = session.request(command)
-        conn.kick()
-        await client._reply(request, f"the {type(command).__name__.lower()}")
+        await self._link.command(command, wait)
 
     async def __aenter__(self) -> Consumer:
-        if self._entered:
-            raise RuntimeError("a Consumer can be entered only once")
-        self._entered = True
-        client = self._client
-        session = client._session
-        if self.topic in session.consumers:
-            raise ValueError(f"this client already consumes {self.topic!r}")
-        conn = await client._writable()
-        session.consumers[self.topic] = self.state
-        request = session.request(self.state.command())
-        conn.kick()
-        try:
-            await client._reply(request, f"the subscribe to {self.topic!r}")
-        except BaseException:
-            self._leave()
-            raise
+        self._enter()
+        await self._link.attach(self.state)
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._leave()
-
-    def _leave(self) -> None:
-        client = self._client
-        session = client._session
-        if session.consumers.get(self.topic) is not self.state:
-            return
-        del session.consumers[self.topic]
-        self.state.offline()
-        if session.online and self.topic not in session.subs:
-            # Hands back every job not acked. (With a plain subscription to
-            # the topic left, they come back at their ack wait instead.)
-            session.enqueue(Unsubscribe(self.topic), _ignore)
-            if client._conn is not None:
-                client._conn.kick()
-
-    def __aiter__(self) -> Consumer:
-        return self
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._link.detach(self.state)
 
     async def __anext__(self) -> Job:
-        if not self._entered:
-            raise RuntimeError("use `async with client.consume(...)` before iterating")
+        self._check_entered()
         state = self.state
         while True:
             if state.queue:
                 return Job(self, state.queue.popleft(), state.generation)
             if state.error is not None:
                 raise state.error
-            if self._client._closed is not None:
-                raise ConnectionLostError(str(self._client._closed))
-            self._waiter = waiter = anyio.Event()
-            await waiter.wait()
-
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None:
-            self._waiter = None
-            waiter.set()
-
-
-def _ignore(outcome: Reply | ConnectionLostError, line: bytes) -> None:
-    """The reply to a consumer's unsubscribe: nothing waits for it."""
+            closed = self._link.closed()
+            if closed is not None:
+                raise ConnectionLostError(str(closed))
+            await self._wait()

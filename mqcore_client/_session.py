@@ -321,9 +321,7 @@ class Session:
     def _subscribe(self, command: Subscribe, subs: list[SubscriptionState]) -> None:
         """Queue ``command`` on behalf of ``subs``, fenced when its replay needs to be."""
         topic = command.topic
-        fenced = command.cache and any(
-            sub.position is None for sub in self.subs.get(topic, ())
-        )
+        fenced = command.cache and any(sub.position is None for sub in self.subs.get(topic, ()))
         self.enqueue(command, partial(self._subscribe_answered, topic, subs, fenced))
         if fenced:
             # Queued in the same synchronous step: one write carries both lines.

@@ -9,18 +9,18 @@ then waits for the first reply; leaving calls ``close``.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from types import TracebackType
 
 import anyio
 
 from ._errors import MQTimeoutError
+from ._notified import Notified
 from ._protocol import Received
 from ._subscription_state import SubscriptionState, SubState
 
 __all__ = ["Subscription"]
 
 
-class Subscription:
+class Subscription(Notified):
     """One subscription to a topic: ``async with`` it, then ``async for`` over it.
 
     Leaving the ``async with`` block unsubscribes (when it is the
@@ -39,13 +39,12 @@ class Subscription:
         close: Callable[[SubscriptionState], None],
         timeout: float | None,
     ) -> None:
+        super().__init__("client.subscribe(...)")
         self.topic = state.topic
         self._state = state
         self._open = open
         self._close = close
         self._timeout = timeout
-        self._entered = False
-        self._waiter: anyio.Event | None = None
         state.notify = self._wake
 
     @property
@@ -65,9 +64,7 @@ class Subscription:
         return self._state.state
 
     async def __aenter__(self) -> Subscription:
-        if self._entered:
-            raise RuntimeError("a Subscription can be entered only once")
-        self._entered = True
+        self._enter()
         state = self._state
         try:
             await self._open(state)
@@ -86,21 +83,12 @@ class Subscription:
             raise state.error
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         self._close(self._state)
-
-    def __aiter__(self) -> Subscription:
-        return self
 
     async def __anext__(self) -> Received:
         """Return the next message, waiting for one if need be."""
-        if not self._entered:
-            raise RuntimeError("use `async with client.subscribe(...)` before iterating")
+        self._check_entered()
         state = self._state
         while True:
             # No checkpoint when a message is ready (as asyncio.Queue.get):
@@ -113,13 +101,3 @@ class Subscription:
             if state.state is SubState.CLOSED:
                 raise StopAsyncIteration
             await self._wait()
-
-    async def _wait(self) -> None:
-        self._waiter = waiter = anyio.Event()
-        await waiter.wait()
-
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None:
-            self._waiter = None
-            waiter.set()
