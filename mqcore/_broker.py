@@ -34,7 +34,7 @@ caches :mod:`mqcore._topics`', records :mod:`mqcore._journal`'s):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -351,6 +351,15 @@ class Broker(Guarded):
         """The connections subscribed to ``topic``."""
         state = self._topics.get(topic)
         return [] if state is None else [c.id for c in state.subscribers]
+
+    def topic_names(self, newest_first: bool = False) -> Iterator[str]:
+        """Every topic's name, oldest (or newest) first, straight from the table: no copy."""
+        return reversed(self._topics) if newest_first else iter(self._topics)
+
+    def subscription_count(self, cid: ConnectionId) -> int | None:
+        """How many topics ``cid`` subscribes to (``None``: no such connection)."""
+        conn = self._connections.get(cid)
+        return None if conn is None else len(conn.topics)
 
     def stats(self) -> BrokerStats:
         """Counters and sizes as they are now: cheap, callable at any time."""

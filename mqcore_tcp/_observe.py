@@ -14,10 +14,9 @@ of topics, nor encodes more than one page:
   offset bounded by :data:`MAX_SORTED_OFFSET`. Rows are then built for the
   page only.
 
-Where today's core has no public accessor (the list of topic names, a
-connection's subscriptions, the counters before ``Broker.stats()``), the
-reading is isolated in the ``_broker_*`` functions below, each marked for the
-merge with the core's new API.
+Counters come from :meth:`mqcore.Broker.stats` (plain integers the broker
+keeps), topic names from :meth:`mqcore.Broker.topic_names` (a live view of
+its table, in creation order).
 """
 
 from __future__ import annotations
@@ -26,9 +25,9 @@ import heapq
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Any, Final, cast
+from typing import Any, Final
 
-from mqcore import Broker, ConnectionId
+from mqcore import Broker
 
 from ._hub import Hub
 
@@ -67,54 +66,20 @@ class Counters:
 
 
 def read_counters(hub: Hub) -> Counters:
-    """Read every counter now: O(1) with the core's ``Broker.stats()``."""
-    broker = hub.broker
-    stats = getattr(broker, "stats", None)  # TODO(merge): counters (Broker.stats() in wt-core)
-    if stats is not None:
-        s = stats()
-        return Counters(
-            connections=len(hub.connections()),
-            topics=s.topics,
-            sends=s.sends,
-            deliveries=_deliveries(s),
-            cached_messages=s.cached_messages,
-            cached_bytes=s.cached_bytes,
-            slow_consumer_disconnects=hub.slow_consumer_disconnects,
-            storage_available=s.storage_available,
-            failures=dict(s.failures),
-        )
-    return _counters_without_stats(hub)
-
-
-def _deliveries(stats: Any) -> int | None:
-    # TODO(merge): counters. The core's BrokerStats has changed shape while
-    # this was written: take `deliveries` if it has one, else derive it from
-    # `chunks` (replies plus deliveries) minus `lines` (each line gets at most
-    # one reply; blank lines and `quit` get none, so this may undercount).
-    deliveries = getattr(stats, "deliveries", None)
-    if deliveries is not None:
-        return int(deliveries)
-    chunks, lines = getattr(stats, "chunks", None), getattr(stats, "lines", None)
-    if chunks is None or lines is None:
-        return None
-    return max(0, int(chunks) - int(lines))
-
-
-def _counters_without_stats(hub: Hub) -> Counters:
-    # TODO(merge): counters. Today's core counts nothing: messages received
-    # are the sum of the topics' next indices (O(topics), and only until a
-    # core that forgets topics), deliveries and failures are unknown.
-    broker = hub.broker
-    topics = _broker_topics(broker)
+    """Read every counter now: O(1), from :meth:`mqcore.Broker.stats`."""
+    s = hub.broker.stats()
     return Counters(
         connections=len(hub.connections()),
-        topics=len(topics),
-        sends=sum(broker.next_index(name) for name in topics),
-        deliveries=None,
-        cached_messages=getattr(broker, "_cached", None),
-        cached_bytes=getattr(broker, "_cache_bytes", None),
+        topics=s.topics,
+        sends=s.sends,
+        # Chunks are replies plus deliveries; each line gets at most one
+        # reply (blank lines and `quit` none), so this may undercount a little.
+        deliveries=max(0, s.chunks - s.lines),
+        cached_messages=s.cached_messages,
+        cached_bytes=s.cached_bytes,
         slow_consumer_disconnects=hub.slow_consumer_disconnects,
-        storage_available=True,
+        storage_available=s.storage_available,
+        failures=dict(s.failures),
     )
 
 
@@ -125,8 +90,7 @@ def health(hub: Hub) -> str | None:
     error = hub.store_error
     if error is not None:
         return f"store failed: {error}"
-    stats = getattr(hub.broker, "stats", None)  # TODO(merge): counters
-    if stats is not None and not stats().storage_available:
+    if not hub.broker.stats().storage_available:
         return "storage unavailable"
     return None
 
@@ -178,8 +142,8 @@ def topic_page(
     if offset < 0 or (sort != "created" and offset > MAX_SORTED_OFFSET):
         bound = "" if sort == "created" else f" (at most {MAX_SORTED_OFFSET} when sorted)"
         raise ValueError(f"offset must be >= 0{bound}")
-    topics = _broker_topics(broker)
-    names: Iterable[str] = reversed(topics.keys()) if descending else topics.keys()
+    total = broker.stats().topics
+    names: Iterable[str] = broker.topic_names(newest_first=descending)
     if match:
         names = (name for name in names if match in name)
     if sort == "created":
@@ -188,7 +152,7 @@ def topic_page(
         pick = heapq.nlargest if descending else heapq.nsmallest
         page = pick(offset + limit + 1, names, key=_sort_key(broker, sort))[offset:]
     return {
-        "total": len(topics),
+        "total": total,
         "offset": offset,
         "limit": limit,
         "more": len(page) > limit,
@@ -211,7 +175,7 @@ def connection_rows(hub: Hub, offset: int = 0, limit: int = 100) -> dict[str, An
                 "id": cid,
                 "peer": peer,
                 "transport": getattr(conn, "transport_name", None) or _transport_of(peer),
-                "subscriptions": _broker_subscriptions(hub.broker, cid),
+                "subscriptions": hub.broker.subscription_count(cid),
                 "queued_bytes": conn.queued,
                 "since": since,
             }
@@ -226,21 +190,6 @@ def connection_rows(hub: Hub, offset: int = 0, limit: int = 100) -> dict[str, An
 
 
 def _transport_of(peer: str) -> str:
-    # TODO(merge): a `transport_name` on every Connection (the hub helper's
-    # transports); until then a TCP peer is host:port, a Unix one a path.
+    # A connection may name its transport (WebSocket ones do); otherwise a
+    # TCP peer is host:port and a Unix one a path.
     return "tcp" if peer.rpartition(":")[2].isdigit() else "unix"
-
-
-# -- what today's core does not expose ------------------------------------------------
-
-
-def _broker_topics(broker: Broker) -> dict[str, object]:
-    # TODO(merge): ask the core for a public, live view of topic names in
-    # creation order (e.g. Broker.topic_names() returning the dict's keys()).
-    return cast("dict[str, object]", broker._topics)
-
-
-def _broker_subscriptions(broker: Broker, cid: ConnectionId) -> int | None:
-    # TODO(merge): ask the core for Broker.subscription_count(cid).
-    conn = broker._connections.get(cid)
-    return None if conn is None else len(conn.topics)
