@@ -26,8 +26,9 @@ from anyio.streams.tls import TLSAttribute, TLSStream
 
 from mqcore import ConnectionId
 
-from ._accept import CLOSE_TIMEOUT, AcceptBackoff, keep_alive, peer_name
+from ._accept import AcceptBackoff, keep_alive, peer_name
 from ._hub import Hub
+from ._queued_writes import QueuedWrites
 from ._tls import HANDSHAKE_TIMEOUT, peer_identity
 
 __all__ = ["READ_SIZE", "StreamConnection", "serve_listener", "serve_stream"]
@@ -40,40 +41,16 @@ READ_SIZE: Final = 256 << 10
 _GONE = (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError)
 
 
-class StreamConnection:
+class StreamConnection(QueuedWrites):
     """One connection's write side on an anyio byte stream."""
 
     def __init__(self, stream: anyio.abc.ByteStream, tls: bool = False) -> None:
+        super().__init__()
         self.stream = stream
         # A TLS stream has no half close before TLS 1.3 (and anyio's fails on a
         # closed one): it is closed after its last bytes instead.
         self._tls = tls
-        self._queue: list[bytes] = []
-        self._queued = 0
-        self._wake = anyio.Event()
-        self._closing = False
         self._ended = anyio.Event()  # the peer ended its side
-        self.scope = anyio.CancelScope()
-
-    @property
-    def queued(self) -> int:
-        return self._queued
-
-    def write(self, chunks: list[bytes]) -> int:
-        self._queue += chunks
-        self._queued += sum(map(len, chunks))
-        self._wake.set()
-        return self._queued
-
-    def close_when_flushed(self) -> None:
-        if not self._closing:
-            self._closing = True
-            self.scope.deadline = anyio.current_time() + CLOSE_TIMEOUT
-            self._wake.set()
-
-    def abort(self) -> None:
-        self._closing = True
-        self.scope.cancel()
 
     async def read_loop(self, hub: Hub, cid: ConnectionId) -> None:
         """Feed the hub until the peer ends its side; then only discard."""

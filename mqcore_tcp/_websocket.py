@@ -50,8 +50,8 @@ from wsproto.utilities import RemoteProtocolError
 
 from mqcore import ConnectionId
 
-from ._accept import CLOSE_TIMEOUT
 from ._hub import Hub
+from ._queued_writes import QueuedWrites
 from ._ws_frames import split_text_frames, text_frames
 
 __all__ = ["WebSocketConnection", "accept_upgrade", "serve_websocket"]
@@ -79,22 +79,18 @@ def accept_upgrade(headers: list[tuple[bytes, bytes]], target: bytes) -> tuple[W
     return ws, ws.send(AcceptConnection())
 
 
-class WebSocketConnection:
+class WebSocketConnection(QueuedWrites):
     """One WebSocket connection's write side, as the hub drives it."""
 
     #: How /api/connections names this transport.
     transport_name = "websocket"
 
     def __init__(self, stream: anyio.abc.ByteStream, ws: WSConnection, max_message: int) -> None:
+        super().__init__()
         self.stream = stream
         self.ws = ws
         self.max_message = max_message
-        self.scope = anyio.CancelScope()
-        self._queue: list[bytes] = []
-        self._queued = 0
         self._control: list[bytes] = []  # pongs, written before data
-        self._wake = anyio.Event()
-        self._closing = False
         self._close: tuple[int, str] = (CloseReason.NORMAL_CLOSURE, "")
         self._ended = anyio.Event()  # the peer's close frame came (or its side ended)
         self._message_bytes = 0  # of the text message under way
@@ -105,26 +101,6 @@ class WebSocketConnection:
         self._switch_to: bytes | None = None  # what wsproto gets first, once it takes over
 
     # -- the hub's side ----------------------------------------------------------------
-
-    @property
-    def queued(self) -> int:
-        return self._queued
-
-    def write(self, chunks: list[bytes]) -> int:
-        self._queue += chunks
-        self._queued += sum(map(len, chunks))
-        self._wake.set()
-        return self._queued
-
-    def close_when_flushed(self) -> None:
-        if not self._closing:
-            self._closing = True
-            self.scope.deadline = anyio.current_time() + CLOSE_TIMEOUT
-            self._wake.set()
-
-    def abort(self) -> None:
-        self._closing = True
-        self.scope.cancel()
 
     # -- reading -----------------------------------------------------------------------
 
