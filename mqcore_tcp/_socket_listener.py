@@ -11,6 +11,7 @@ from __future__ import annotations
 import socket
 import ssl
 from collections.abc import Callable
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Protocol
 
 import anyio
@@ -42,29 +43,23 @@ class Listening(Protocol):
         ...
 
 
+@dataclass(eq=False)
 class SocketListening:
     """A listener of stream sockets (TCP, Unix) made by anyio."""
 
-    def __init__(
-        self,
-        listener: anyio.abc.Listener[anyio.abc.SocketStream],
-        name: str,
-        port: int | None = None,
-        cleanup: Callable[[], None] | None = None,
-        *,
-        tls: ssl.SSLContext | None = None,
-        host: str | None = None,
-    ) -> None:
-        self.name = name
-        self.port = port
-        self.host = host
-        self.tls = tls
-        self._listener = listener
-        self._cleanup = cleanup
-        # A MultiListener (several addresses) lists its own; a plain one is itself.
-        self._listeners: list[anyio.abc.SocketListener] = list(
-            getattr(listener, "listeners", [listener])
-        )
+    listener: anyio.abc.Listener[anyio.abc.SocketStream]
+    name: str
+    port: int | None = None
+    #: Called once it is closed (a Unix socket removes its file).
+    cleanup: Callable[[], None] | None = None
+    _: KW_ONLY
+    tls: ssl.SSLContext | None = None
+    host: str | None = None
+    # A MultiListener (several addresses) lists its own; a plain one is itself.
+    _listeners: list[anyio.abc.SocketListener] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._listeners = list(getattr(self.listener, "listeners", [self.listener]))
 
     async def serve(self, hub: Hub, task_group: anyio.abc.TaskGroup) -> None:
         if _aio.running_loop() is not None:
@@ -78,6 +73,6 @@ class SocketListening:
                 tg.start_soon(_streams.serve_listener, hub, sub, self.name, task_group, self.tls)
 
     async def aclose(self) -> None:
-        await self._listener.aclose()
-        if self._cleanup is not None:
-            self._cleanup()
+        await self.listener.aclose()
+        if self.cleanup is not None:
+            self.cleanup()
