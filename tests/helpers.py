@@ -10,7 +10,7 @@ import subprocess
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import anyio.abc
@@ -28,11 +28,12 @@ from mqcore_tcp.testing import (
     server_command,
 )
 
-from .wire import line, parse
+from .wire import line, parse, sub
 
 __all__ = [
     "TIMEOUT",
     "AsyncProcess",
+    "Ending",
     "Harness",
     "LineClient",
     "ServerProcess",
@@ -44,7 +45,11 @@ __all__ = [
     "server_command",
     "server_process",
     "start_server",
+    "subscribed",
 ]
+
+#: How a connection ends, as the core hears of it (see :meth:`Harness.end`).
+Ending = Literal["eof", "lost", "quit"]
 
 
 class Harness:
@@ -88,6 +93,38 @@ class Harness:
         out = b"".join(self.written[cid])
         self.written[cid] = []
         return out
+
+    def subscriber(self, *subscriptions: str | dict[str, Any]) -> ConnectionId:
+        """Open a connection subscribed to each of ``subscriptions`` (a topic or a
+        ``sub()`` command), its replies and replays taken."""
+        cid = self.connect()
+        self.send(cid, *(sub(s) if isinstance(s, str) else s for s in subscriptions))
+        self.take(cid)
+        return cid
+
+    def subscribers(self, n: int, topic: str) -> list[ConnectionId]:
+        """``n`` connections subscribed to ``topic``, in turn (see :meth:`subscriber`)."""
+        return [self.subscriber(topic) for _ in range(n)]
+
+    def end(self, cid: ConnectionId, how: Ending) -> None:
+        """End ``cid`` as the core hears of it: its end of input (``eof``), a broken
+        connection (``lost``) or a ``quit`` line; collect the output."""
+        if how == "eof":
+            self.broker.receive_eof(cid)
+        elif how == "lost":
+            self.broker.connection_lost(cid)
+        else:
+            self.broker.receive_data(cid, b"quit\n")
+        self.collect()
+
+
+def subscribed(
+    *subscriptions: str | dict[str, Any], broker: Broker | None = None
+) -> tuple[Harness, ConnectionId, ConnectionId]:
+    """A :class:`Harness`, a connection subscribed to ``subscriptions`` (see
+    :meth:`Harness.subscriber`) and a second connection to publish from."""
+    h = Harness(broker)
+    return h, h.subscriber(*subscriptions), h.connect()
 
 
 # -- talking to a server ------------------------------------------------------------

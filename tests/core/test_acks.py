@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 
 from mqcore import Broker, MemoryStore, Reason
 
-from ..helpers import Harness
+from ..helpers import Ending, Harness
 from ..wire import OK, delivered, fail, send, sub, unsub
 
 
@@ -228,8 +228,8 @@ def test_ack_wait_expiry_redelivers_to_any_consumer() -> None:
     assert h.broker.next_deadline() is None
 
 
-@pytest.mark.parametrize("how", ["disconnect", "eof", "quit", "unsubscribe"])
-def test_a_leaving_consumer_hands_its_jobs_to_another(how: str) -> None:
+@pytest.mark.parametrize("how", ["lost", "eof", "quit", "unsubscribe"])
+def test_a_leaving_consumer_hands_its_jobs_to_another(how: Ending | Literal["unsubscribe"]) -> None:
     h = harness()
     a, producer = h.connect(), h.connect()
     h.send(a, sub("jobs", ack=True, prefetch=3))
@@ -238,15 +238,10 @@ def test_a_leaving_consumer_hands_its_jobs_to_another(how: str) -> None:
     b = h.connect()
     h.send(b, sub("jobs", ack=True))
     assert h.take(b) == [OK]
-    if how == "disconnect":
-        h.broker.connection_lost(a)
-    elif how == "eof":
-        h.broker.receive_eof(a)
-    elif how == "quit":
-        h.feed(a, b"quit\n")
-    else:
+    if how == "unsubscribe":
         h.send(a, unsub("jobs"))
-    h.collect()
+    else:
+        h.end(a, how)
     assert h.take(b) == [job("jobs", "0", 0, 2), job("jobs", "2", 2, 2)]
 
 
