@@ -106,6 +106,11 @@ class Harness:
         """``n`` connections subscribed to ``topic``, in turn (see :meth:`subscriber`)."""
         return [self.subscriber(topic) for _ in range(n)]
 
+    def advance(self, now: float) -> None:
+        """Move the broker's clock to ``now``; collect what its timers sent."""
+        self.broker.advance(now)
+        self.collect()
+
     def end(self, cid: ConnectionId, how: Ending) -> None:
         """End ``cid`` as the core hears of it: its end of input (``eof``), a broken
         connection (``lost``) or a ``quit`` line; collect the output."""
