@@ -246,38 +246,28 @@ def popen_server(*args: str) -> Iterator[subprocess.Popen[str]]:
         server.popen.stderr.close()
 
 
+@dataclass
 class AsyncProcess:
-    """The server process seen as an :class:`anyio.abc.Process` (the part tests use)."""
+    """The server process seen as an :class:`anyio.abc.Process`: the part tests use
+    (its pid, its status, waiting for it); to signal it, use :class:`ServerProcess`."""
 
-    def __init__(self, server: LaunchedServer) -> None:
-        self._server = server
-
-    @property
-    def pid(self) -> int:
-        return self._server.pid
+    server: LaunchedServer
+    #: Fixed for the process's life, so a plain value.
+    pid: int
 
     @property
     def returncode(self) -> int | None:
-        return self._server.returncode
-
-    def send_signal(self, signum: int) -> None:
-        self._server.send_signal(signum)
-
-    def terminate(self) -> None:
-        self._server.terminate()
-
-    def kill(self) -> None:
-        self._server.kill()
+        return self.server.returncode
 
     async def wait(self) -> int:
-        return await self._server.wait_async()
+        return await self.server.wait_async()
 
     async def aclose(self) -> None:
         """Wait for it to exit (killing it if cancelled meanwhile), as anyio's does."""
         try:
             await self.wait()
         except BaseException:
-            self.kill()
+            self.server.kill()
             with anyio.CancelScope(shield=True):
                 await self.wait()
             raise
@@ -297,7 +287,7 @@ class ServerProcess:
 
     @property
     def process(self) -> AsyncProcess:
-        return AsyncProcess(self.server)
+        return AsyncProcess(self.server, self.server.pid)
 
     @property
     def port(self) -> int:
