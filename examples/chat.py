@@ -3,15 +3,18 @@
 Start a server (``make serve``), then in two or more terminals:
 
     python examples/chat.py --name alice
-    python examples/chat.py --name bob
+    python examples/chat.py --name bob --url mqcore://127.0.0.1:7000
 
 Each line is one ``all`` message on the topic ``chat.<room>``; the server's
 cache gives newcomers the room's recent lines. End with Ctrl-D or Ctrl-C.
+The server is ``--url`` (``mqcore://HOST:PORT`` or ``unix:///PATH``), else
+the ``MQCORE_URL`` environment variable, else 127.0.0.1:7000.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import AsyncIterable, Callable, Sequence
 
@@ -57,9 +60,15 @@ async def _stdin() -> AsyncIterable[str]:
         yield line.rstrip("\n")
 
 
-async def _main(args: argparse.Namespace) -> None:
-    async with mqcore_client.connect(args.host, args.port, reconnect=True) as client:
-        await chat(client, args.name, args.room, _stdin(), print)
+async def _main(args: argparse.Namespace) -> int:
+    """Chat from the terminal; return the exit status."""
+    try:
+        async with mqcore_client.connect(args.url, reconnect=True) as client:
+            await chat(client, args.name, args.room, _stdin(), print)
+    except mqcore_client.MQError as exc:
+        print(f"chat: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -67,17 +76,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Chat through an mqcore server.")
     parser.add_argument("--name", required=True, help="your name in the room")
     parser.add_argument("--room", default="lobby", help="room to join (default: %(default)s)")
-    parser.add_argument("--host", default=mqcore_client.DEFAULT_HOST)
-    parser.add_argument("--port", type=int, default=mqcore_client.DEFAULT_PORT)
+    parser.add_argument(
+        "--url",
+        default=os.environ.get(
+            "MQCORE_URL", f"mqcore://{mqcore_client.DEFAULT_HOST}:{mqcore_client.DEFAULT_PORT}"
+        ),
+        help="the server: mqcore://HOST:PORT or unix:///PATH (default: $MQCORE_URL or %(default)s)",
+    )
     args = parser.parse_args(argv)
     try:
-        anyio.run(_main, args)
-    except KeyboardInterrupt:
-        pass
-    except mqcore_client.MQError as exc:
-        print(f"chat: {exc}", file=sys.stderr)
-        return 1
-    return 0
+        return anyio.run(_main, args)
+    except KeyboardInterrupt:  # Ctrl-C leaves the room, as Ctrl-D does.
+        return 0
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import subprocess
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import anyio.abc
@@ -28,11 +28,12 @@ from mqcore_tcp.testing import (
     server_command,
 )
 
-from .wire import line, parse
+from .wire import line, parse, sub
 
 __all__ = [
     "TIMEOUT",
     "AsyncProcess",
+    "Ending",
     "Harness",
     "LineClient",
     "ServerProcess",
@@ -44,7 +45,11 @@ __all__ = [
     "server_command",
     "server_process",
     "start_server",
+    "subscribed",
 ]
+
+#: How a connection ends, as the core hears of it (see :meth:`Harness.end`).
+Ending = Literal["eof", "lost", "quit"]
 
 
 class Harness:
@@ -88,6 +93,43 @@ class Harness:
         out = b"".join(self.written[cid])
         self.written[cid] = []
         return out
+
+    def subscriber(self, *subscriptions: str | dict[str, Any]) -> ConnectionId:
+        """Open a connection subscribed to each of ``subscriptions`` (a topic or a
+        ``sub()`` command), its replies and replays taken."""
+        cid = self.connect()
+        self.send(cid, *(sub(s) if isinstance(s, str) else s for s in subscriptions))
+        self.take(cid)
+        return cid
+
+    def subscribers(self, n: int, topic: str) -> list[ConnectionId]:
+        """``n`` connections subscribed to ``topic``, in turn (see :meth:`subscriber`)."""
+        return [self.subscriber(topic) for _ in range(n)]
+
+    def advance(self, now: float) -> None:
+        """Move the broker's clock to ``now``; collect what its timers sent."""
+        self.broker.advance(now)
+        self.collect()
+
+    def end(self, cid: ConnectionId, how: Ending) -> None:
+        """End ``cid`` as the core hears of it: its end of input (``eof``), a broken
+        connection (``lost``) or a ``quit`` line; collect the output."""
+        if how == "eof":
+            self.broker.receive_eof(cid)
+        elif how == "lost":
+            self.broker.connection_lost(cid)
+        else:
+            self.broker.receive_data(cid, b"quit\n")
+        self.collect()
+
+
+def subscribed(
+    *subscriptions: str | dict[str, Any], broker: Broker | None = None
+) -> tuple[Harness, ConnectionId, ConnectionId]:
+    """A :class:`Harness`, a connection subscribed to ``subscriptions`` (see
+    :meth:`Harness.subscriber`) and a second connection to publish from."""
+    h = Harness(broker)
+    return h, h.subscriber(*subscriptions), h.connect()
 
 
 # -- talking to a server ------------------------------------------------------------
@@ -204,38 +246,28 @@ def popen_server(*args: str) -> Iterator[subprocess.Popen[str]]:
         server.popen.stderr.close()
 
 
+@dataclass
 class AsyncProcess:
-    """The server process seen as an :class:`anyio.abc.Process` (the part tests use)."""
+    """The server process seen as an :class:`anyio.abc.Process`: the part tests use
+    (its pid, its status, waiting for it); to signal it, use :class:`ServerProcess`."""
 
-    def __init__(self, server: LaunchedServer) -> None:
-        self._server = server
-
-    @property
-    def pid(self) -> int:
-        return self._server.pid
+    server: LaunchedServer
+    #: Fixed for the process's life, so a plain value.
+    pid: int
 
     @property
     def returncode(self) -> int | None:
-        return self._server.returncode
-
-    def send_signal(self, signum: int) -> None:
-        self._server.send_signal(signum)
-
-    def terminate(self) -> None:
-        self._server.terminate()
-
-    def kill(self) -> None:
-        self._server.kill()
+        return self.server.returncode
 
     async def wait(self) -> int:
-        return await self._server.wait_async()
+        return await self.server.wait_async()
 
     async def aclose(self) -> None:
         """Wait for it to exit (killing it if cancelled meanwhile), as anyio's does."""
         try:
             await self.wait()
         except BaseException:
-            self.kill()
+            self.server.kill()
             with anyio.CancelScope(shield=True):
                 await self.wait()
             raise
@@ -255,7 +287,7 @@ class ServerProcess:
 
     @property
     def process(self) -> AsyncProcess:
-        return AsyncProcess(self.server)
+        return AsyncProcess(self.server, self.server.pid)
 
     @property
     def port(self) -> int:

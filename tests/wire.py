@@ -59,3 +59,24 @@ def parse(chunks: Iterable[bytes]) -> list[Any]:
     data = b"".join(chunks)
     assert data == b"" or data.endswith(b"\r\n"), data
     return [json.loads(part) for part in data.split(b"\r\n")[:-1]]
+
+
+def expected_replies(data: bytes, max_line_bytes: int) -> int:
+    """How many replies a server owes for ``data``: one per complete line that is not
+    empty after the server's strip, up to a ``quit``; one more for a partial line
+    already over ``max_line_bytes`` (answered before it ends)."""
+    count = 0
+    *complete, partial = data.split(b"\n")
+    for raw in complete:
+        if len(raw) > max_line_bytes:
+            count += 1
+            continue
+        try:
+            text = raw.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            count += 1
+            continue
+        if text == "quit":
+            return count
+        count += bool(text)
+    return count + (len(partial) > max_line_bytes)

@@ -1,9 +1,12 @@
-"""Test support for the client: an in-process server, and a TCP proxy that can drop connections."""
+"""Test support for the client: an in-process server, a TCP proxy that can drop connections,
+and :func:`flaky`, a client linked to a server through that proxy, which tests cut off
+and bring back with ``async with link.away():``."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -11,7 +14,14 @@ import anyio.abc
 from anyio.abc import SocketAttribute
 from anyio.streams.buffered import BufferedByteReceiveStream
 
+from mqcore_client import Client, ConnectionLostError, Received, Subscription, connect
+
 from ..helpers import in_process
+
+#: Every client test's bound: a hang fails fast instead of stalling the suite.
+DEADLINE = 10
+#: How a plain (reference) server answers ``hello``.
+PLAIN_HELLO = b'{"success": false, "reason": "Malformed json message"}\r\n'
 
 
 @asynccontextmanager
@@ -161,3 +171,94 @@ async def unix_forwarder(path: str, target_port: int) -> AsyncIterator[None]:
         tg.start_soon(listener.serve, handle)
         yield
         tg.cancel_scope.cancel()
+
+
+# -- a client whose connection tests break ---------------------------------------------
+
+
+async def take(sub: Subscription, n: int) -> list[Received]:
+    """The next ``n`` messages of ``sub``."""
+    return [await anext(sub) for _ in range(n)]
+
+
+def reconnecting(port: int, **options: Any) -> AbstractAsyncContextManager[Client]:
+    """A client that reconnects quickly, as the resume tests need."""
+    return connect(
+        port=port, reconnect=True, reconnect_delay=0.005, reconnect_max_delay=0.02, **options
+    )
+
+
+def connecting(port: int, **options: Any) -> AbstractAsyncContextManager[Client]:
+    """A client that does not reconnect: :func:`reconnecting`'s counterpart."""
+    return connect(port=port, **options)
+
+
+class Events:
+    """on_disconnect/on_reconnect callbacks that tests can await."""
+
+    def __init__(self) -> None:
+        self.lost = anyio.Event()
+        self.back = anyio.Event()
+        self.errors: list[ConnectionLostError] = []
+        self.reconnects = 0
+
+    def on_disconnect(self, error: ConnectionLostError) -> None:
+        self.errors.append(error)
+        self.lost.set()
+
+    def on_reconnect(self) -> None:
+        self.reconnects += 1
+        self.back.set()
+
+    def options(self) -> dict[str, Any]:
+        return {"on_disconnect": self.on_disconnect, "on_reconnect": self.on_reconnect}
+
+
+@dataclass
+class Link:
+    """A client connected through a :class:`Proxy`, and a producer connected directly.
+
+    ``port`` is the server's own. The events are awaited once each: a test
+    goes :meth:`away` once.
+    """
+
+    port: int
+    proxy: Proxy
+    events: Events
+    client: Client
+    producer: Client
+
+    async def cut(self) -> None:
+        """Drop the client's connection, refuse its reconnection; return once it knows."""
+        self.proxy.paused = True
+        self.proxy.drop()
+        await self.events.lost.wait()
+
+    async def restore(self) -> None:
+        """Let the client reconnect; return once it has."""
+        self.proxy.paused = False
+        await self.events.back.wait()
+
+    @asynccontextmanager
+    async def away(self) -> AsyncIterator[None]:
+        """The body runs while the client is cut off; leaving waits until it is back."""
+        await self.cut()
+        yield
+        await self.restore()
+
+
+@asynccontextmanager
+async def flaky(
+    server: dict[str, Any] | None = None, *, reconnect: bool = True, **client_options: Any
+) -> AsyncIterator[Link]:
+    """Run a server (``server`` its options), a proxy to it, a client through the proxy
+    (reconnecting quickly unless ``reconnect`` is false) and a producer; yield them."""
+    events = Events()
+    options = {**events.options(), **client_options}
+    async with (
+        serving(**(server or {})) as port,
+        proxying(port) as (proxy, proxy_port),
+        (reconnecting if reconnect else connecting)(proxy_port, **options) as client,
+        connect(port=port) as producer,
+    ):
+        yield Link(port, proxy, events, client, producer)

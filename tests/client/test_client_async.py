@@ -2,76 +2,29 @@
 
 from __future__ import annotations
 
-from contextlib import AbstractAsyncContextManager
-from typing import Any
-
 import anyio
 import anyio.abc
 import pytest
 
 from mqcore import SUCCESS, Broker, Reason, hello_reply
 from mqcore_client import (
-    Client,
     ConnectError,
     ConnectionLostError,
     ConnectTimeoutError,
     ProtocolError,
     Received,
     ServerError,
-    Subscription,
     SubscriptionOverflowError,
     connect,
 )
 
-from .support import proxying, scripted, serving
+from ..conftest import BOTH_BACKENDS
+from .support import DEADLINE, PLAIN_HELLO, Events, flaky, scripted, serving, take
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, BOTH_BACKENDS]
 
-#: Every test's bound: a hang fails fast instead of stalling the suite.
-DEADLINE = 10
-#: How a plain (reference) server answers ``hello``.
-PLAIN_HELLO = b'{"success": false, "reason": "Malformed json message"}\r\n'
 #: A JSON value nested deeper than msgspec will decode.
 DEEP = b"[" * 200_000 + b"]" * 200_000
-
-
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    """Run every test of this module on both backends."""
-    return str(request.param)
-
-
-async def take(sub: Subscription, n: int) -> list[Received]:
-    """The next ``n`` messages of ``sub``."""
-    return [await anext(sub) for _ in range(n)]
-
-
-def reconnecting(port: int, **options: Any) -> AbstractAsyncContextManager[Client]:
-    """A client that reconnects quickly, as the resume tests need."""
-    return connect(
-        port=port, reconnect=True, reconnect_delay=0.005, reconnect_max_delay=0.02, **options
-    )
-
-
-class Events:
-    """on_disconnect/on_reconnect callbacks that tests can await."""
-
-    def __init__(self) -> None:
-        self.lost = anyio.Event()
-        self.back = anyio.Event()
-        self.errors: list[ConnectionLostError] = []
-        self.reconnects = 0
-
-    def on_disconnect(self, error: ConnectionLostError) -> None:
-        self.errors.append(error)
-        self.lost.set()
-
-    def on_reconnect(self) -> None:
-        self.reconnects += 1
-        self.back.set()
-
-    def options(self) -> dict[str, Any]:
-        return {"on_disconnect": self.on_disconnect, "on_reconnect": self.on_reconnect}
 
 
 # -- the basics ---------------------------------------------------------------------
@@ -206,17 +159,15 @@ async def test_a_subscription_starts_with_its_replay_when_live_messages_race_it(
     second: list[Received] = []
     with anyio.fail_after(DEADLINE):
         async with (
-            serving() as port,
-            proxying(port) as (proxy, proxy_port),
-            connect(port=proxy_port) as client,
-            connect(port=port) as producer,
-            client.subscribe("t") as first,
+            flaky(reconnect=False) as link,
+            link.client.subscribe("t") as first,
             anyio.create_task_group() as tg,
         ):
+            client, producer = link.client, link.producer
             for i in range(2):
                 await producer.send("t", str(i))
             await take(first, 2)
-            proxy.hold()
+            link.proxy.hold()
             # The server delivers this to `first` before it sees the next subscribe.
             await producer.send("t", "2")
 
@@ -227,7 +178,7 @@ async def test_a_subscription_starts_with_its_replay_when_live_messages_race_it(
 
             await tg.start(subscribe)
             # The client now reads: the live 2, the subscribe's reply, the replay 0..2.
-            proxy.release()
+            link.proxy.release()
             assert [m.index for m in await take(first, 1)] == [2]
     assert [m.index for m in second] == [0, 1, 2]
 
@@ -271,19 +222,15 @@ async def test_a_cache_false_subscription_does_not_get_another_subscriptions_rep
 async def test_pipelined_subscribes_keep_a_replay_from_cache_false_subscriptions() -> None:
     got: dict[str, list[Received]] = {}
     with anyio.fail_after(DEADLINE):
-        async with (
-            serving() as port,
-            proxying(port) as (proxy, proxy_port),
-            connect(port=proxy_port) as client,
-            anyio.create_task_group() as tg,
-        ):
+        async with flaky(reconnect=False) as link, anyio.create_task_group() as tg:
+            client = link.client
             for i in range(3):
                 await client.send("t", f"old{i}")
             all_ready = anyio.Event()
             ready: list[str] = []
             # Held, so the three subscribes are all written before any reply:
             # `before` is active when the replay arrives, `after` is not yet.
-            proxy.hold()
+            link.proxy.hold()
 
             async def subscribe(
                 name: str, cache: bool, n: int, *, task_status: anyio.abc.TaskStatus[None]
@@ -300,7 +247,7 @@ async def test_pipelined_subscribes_keep_a_replay_from_cache_false_subscriptions
             await tg.start(subscribe, "before", False, 1)
             await tg.start(subscribe, "replayed", True, 4)
             await tg.start(subscribe, "after", False, 1)
-            proxy.release()
+            link.proxy.release()
             await all_ready.wait()
             await client.send("t", "live")
     assert {name: [m.msg for m in messages] for name, messages in got.items()} == {
@@ -330,45 +277,28 @@ async def test_a_cache_false_subscription_after_an_unsubscribe_ignores_what_came
 
 
 async def test_a_cache_false_subscription_resumes_after_what_the_connection_had_seen() -> None:
-    events = Events()
     with anyio.fail_after(DEADLINE):
-        async with (
-            serving() as port,
-            proxying(port) as (proxy, proxy_port),
-            reconnecting(proxy_port, **events.options()) as client,
-            connect(port=port) as producer,
-            client.subscribe("t") as replayed,
-        ):
+        async with flaky() as link, link.client.subscribe("t") as replayed:
             for i in range(3):
-                await producer.send("t", f"old{i}")
+                await link.producer.send("t", f"old{i}")
             await take(replayed, 3)
-            async with client.subscribe("t", cache=False) as fresh:
+            async with link.client.subscribe("t", cache=False) as fresh:
                 # It starts after old2, the newest the connection has: a position
                 # to resume from, though it has not received a message yet.
-                proxy.paused = True
-                proxy.drop()
-                await events.lost.wait()
-                await producer.send("t", "while away")
-                proxy.paused = False
-                await events.back.wait()
+                async with link.away():
+                    await link.producer.send("t", "while away")
                 got = await take(fresh, 1)
     assert [(m.msg, m.index, m.gap) for m in got] == [("while away", 3, False)]
 
 
 async def test_a_resubscription_that_replays_skips_cache_false_subscriptions() -> None:
-    events = Events()
     with anyio.fail_after(DEADLINE):
-        async with (
-            serving() as port,
-            proxying(port) as (proxy, proxy_port),
-            reconnecting(proxy_port, **events.options()) as client,
-            connect(port=port) as producer,
-            anyio.create_task_group() as tg,
-        ):
+        async with flaky() as link, anyio.create_task_group() as tg:
+            client, producer = link.client, link.producer
             for i in range(4):
                 await producer.send("t", f"old{i}")
             async with client.subscribe("t", cache=False) as fresh:
-                proxy.hold()
+                link.proxy.hold()
 
                 async def resume(*, task_status: anyio.abc.TaskStatus[None]) -> None:
                     task_status.started()
@@ -378,13 +308,9 @@ async def test_a_resubscription_that_replays_skips_cache_false_subscriptions() -
                 # Its subscribe is queued, and unanswered when the connection
                 # drops: the resubscription replays from its last_seen, 1.
                 await tg.start(resume)
-                proxy.paused = True
-                proxy.drop()
-                await events.lost.wait()
-                proxy.release()
-                await producer.send("t", "while away")
-                proxy.paused = False
-                await events.back.wait()
+                async with link.away():
+                    link.proxy.release()
+                    await producer.send("t", "while away")
                 await client.send("sync", "x")  # Answered after the resubscription.
                 await producer.send("t", "live")
                 got = await take(fresh, 1)
@@ -395,19 +321,10 @@ async def test_a_resubscription_that_replays_skips_cache_false_subscriptions() -
 
 async def test_connect_refused_and_connect_timeout() -> None:
     with anyio.fail_after(DEADLINE):
-        listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
-        silent_port = listener.extra(anyio.abc.SocketAttribute.local_port)
-        async with listener, anyio.create_task_group() as tg:
-
-            async def never_answer(stream: anyio.abc.SocketStream) -> None:
-                async with stream:
-                    await anyio.sleep_forever()
-
-            tg.start_soon(listener.serve, never_answer)
+        async with scripted([]) as silent_port:  # Reads, never answers.
             with pytest.raises(ConnectTimeoutError, match="did not answer hello"):
                 async with connect(port=silent_port, connect_timeout=0.2):
                     pass
-            tg.cancel_scope.cancel()
         # The listener is closed now: nothing listens on its port.
         with pytest.raises(ConnectError, match="cannot connect") as refused:
             async with connect(port=silent_port):
@@ -429,25 +346,14 @@ async def test_a_plain_server_without_hello_works() -> None:
 async def test_a_line_that_is_not_the_protocol_drops_the_connection() -> None:
     events = Events()
     with anyio.fail_after(DEADLINE):
-        listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
-        port = listener.extra(anyio.abc.SocketAttribute.local_port)
-        async with listener, anyio.create_task_group() as tg:
-
-            async def garbage(stream: anyio.abc.SocketStream) -> None:
-                async with stream:
-                    await stream.receive()  # hello
-                    await stream.send(b'{"success": false, "reason": "Malformed json message"}\r\n')
-                    await stream.receive()  # send
-                    await stream.send(b"<html>\r\n")
-                    await anyio.sleep_forever()
-
-            tg.start_soon(listener.serve, garbage)
-            async with connect(port=port, **events.options()) as client:
-                with pytest.raises(ProtocolError):
-                    await client.send("t", "x")
-                with pytest.raises(ConnectionLostError):
-                    await client.send("t", "x")
-            tg.cancel_scope.cancel()
+        async with (
+            scripted([PLAIN_HELLO, b"<html>\r\n"]) as port,
+            connect(port=port, **events.options()) as client,
+        ):
+            with pytest.raises(ProtocolError):
+                await client.send("t", "x")
+            with pytest.raises(ConnectionLostError):
+                await client.send("t", "x")
     assert isinstance(events.errors[0], ProtocolError)
 
 
@@ -525,56 +431,50 @@ async def test_a_delivery_that_cannot_be_decoded_ends_the_subscription_with_a_pr
 
 async def test_resume_after_a_drop_mid_stream_has_no_gap_and_no_duplicate() -> None:
     n, drop_at = 3000, 700
-    events = Events()
     with anyio.fail_after(DEADLINE):
         async with (
-            serving(cache_size=n) as port,
-            proxying(port) as (proxy, proxy_port),
-            reconnecting(proxy_port, **events.options()) as consumer,
-            connect(port=port) as producer,
-            consumer.subscribe("t") as sub,
+            flaky({"cache_size": n}) as link,
+            link.client.subscribe("t") as sub,
             anyio.create_task_group() as tg,
         ):
+            producer = link.producer
 
             async def produce() -> None:
                 for i in range(n // 2):
                     await producer.publish("t", str(i))
                 await producer.flush()
-                await events.lost.wait()
+                await link.events.lost.wait()
                 # The consumer is cut off: these can only reach it by replay.
                 for i in range(n // 2, n):
                     await producer.publish("t", str(i))
                 await producer.flush()
-                proxy.paused = False
+                link.proxy.paused = False
 
             tg.start_soon(produce)
             got = []
             async for message in sub:
                 got.append(message)
                 if message.index == drop_at:
-                    proxy.paused = True
-                    proxy.drop()
+                    link.proxy.paused = True
+                    link.proxy.drop()
                 if len(got) == n:
                     break
     assert [m.index for m in got] == list(range(n))
     assert [m.msg for m in got] == [str(i) for i in range(n)]
     assert not any(m.gap for m in got)
-    assert events.reconnects == 1
-    assert len(events.errors) == 1
+    assert link.events.reconnects == 1
+    assert len(link.events.errors) == 1
 
 
 async def test_a_new_epoch_replays_from_the_start_and_flags_the_gap() -> None:
-    events = Events()
     with anyio.fail_after(DEADLINE):
         async with (
-            serving() as old_port,
+            flaky() as link,
             serving() as new_port,
-            proxying(old_port) as (proxy, proxy_port),
-            reconnecting(proxy_port, **events.options()) as client,
-            connect(port=old_port) as old,
             connect(port=new_port) as new,
-            client.subscribe("t") as sub,
+            link.client.subscribe("t") as sub,
         ):
+            client, old = link.client, link.producer
             for i in range(5):
                 await old.send("t", f"old {i}")
             before = await take(sub, 5)
@@ -582,8 +482,8 @@ async def test_a_new_epoch_replays_from_the_start_and_flags_the_gap() -> None:
             # The "restarted" server numbers from 0 again.
             for i in range(3):
                 await new.send("t", f"new {i}")
-            proxy.target_port = new_port
-            proxy.drop()
+            link.proxy.target_port = new_port
+            link.proxy.drop()
             after = await take(sub, 3)
             new_epoch = sub.epoch
     assert [m.index for m in before] == [0, 1, 2, 3, 4]
@@ -610,48 +510,27 @@ async def test_a_saved_epoch_that_no_longer_matches_replays_from_the_start() -> 
 
 
 async def test_a_plain_server_resumes_with_last_seen() -> None:
-    events = Events()
     with anyio.fail_after(DEADLINE):
-        async with (
-            serving(broker=Broker()) as port,
-            proxying(port) as (proxy, proxy_port),
-            reconnecting(proxy_port, **events.options()) as client,
-            connect(port=port) as producer,
-            client.subscribe("t") as sub,
-        ):
+        async with flaky({"broker": Broker()}) as link, link.client.subscribe("t") as sub:
             for i in range(3):
-                await producer.send("t", str(i))
+                await link.producer.send("t", str(i))
             before = await take(sub, 3)
-            proxy.paused = True
-            proxy.drop()
-            await events.lost.wait()
-            for i in range(3, 6):
-                await producer.send("t", str(i))
-            proxy.paused = False
+            async with link.away():
+                for i in range(3, 6):
+                    await link.producer.send("t", str(i))
             after = await take(sub, 3)
     assert [m.index for m in before + after] == list(range(6))
     assert not any(m.gap for m in before + after)
 
 
 async def test_a_subscription_with_no_position_is_told_of_the_gap() -> None:
-    events = Events()
     with anyio.fail_after(DEADLINE):
-        async with (
-            serving() as port,
-            proxying(port) as (proxy, proxy_port),
-            reconnecting(proxy_port, **events.options()) as client,
-            connect(port=port) as producer,
-            client.subscribe("t", cache=False) as sub,
-        ):
-            proxy.paused = True
-            proxy.drop()
-            await events.lost.wait()
-            # No message yet, so no index to resume after: this one is lost.
-            await producer.send("t", "while away")
-            proxy.paused = False
-            await events.back.wait()
-            await client.send("sync", "x")  # Answered after the resubscribe.
-            await producer.send("t", "back")
+        async with flaky() as link, link.client.subscribe("t", cache=False) as sub:
+            async with link.away():
+                # No message yet, so no index to resume after: this one is lost.
+                await link.producer.send("t", "while away")
+            await link.client.send("sync", "x")  # Answered after the resubscribe.
+            await link.producer.send("t", "back")
             got = await take(sub, 1)
     assert [(m.msg, m.index, m.gap) for m in got] == [("back", 1, True)]
 
@@ -660,17 +539,11 @@ async def test_a_subscription_with_no_position_is_told_of_the_gap() -> None:
 
 
 async def test_without_reconnect_a_lost_connection_ends_the_client() -> None:
-    events = Events()
     with anyio.fail_after(DEADLINE):
-        async with (
-            serving() as port,
-            proxying(port) as (proxy, proxy_port),
-            connect(port=proxy_port, **events.options()) as client,
-            client.subscribe("t") as sub,
-        ):
+        async with flaky(reconnect=False) as link, link.client.subscribe("t") as sub:
+            client = link.client
             await client.send("t", "before")
-            proxy.drop()
-            await events.lost.wait()
+            await link.cut()
             assert not client.connected
             with pytest.raises(ConnectionLostError):
                 await client.send("t", "after")
@@ -683,57 +556,36 @@ async def test_without_reconnect_a_lost_connection_ends_the_client() -> None:
 
 
 async def test_while_reconnecting_sends_wait_up_to_offline_timeout() -> None:
-    events = Events()
     with anyio.fail_after(DEADLINE):
-        async with (
-            serving() as port,
-            proxying(port) as (proxy, proxy_port),
-            reconnecting(proxy_port, offline_timeout=0.05, **events.options()) as client,
-        ):
-            proxy.paused = True
-            proxy.drop()
-            await events.lost.wait()
-            with pytest.raises(ConnectionLostError, match="still reconnecting"):
-                await client.send("t", "x")
-            proxy.paused = False
-            await events.back.wait()
-            await client.send("t", "x")
+        async with flaky(offline_timeout=0.05) as link:
+            async with link.away():
+                with pytest.raises(ConnectionLostError, match="still reconnecting"):
+                    await link.client.send("t", "x")
+            await link.client.send("t", "x")
 
 
 async def test_a_send_made_while_offline_goes_out_on_reconnection() -> None:
-    events = Events()
     with anyio.fail_after(DEADLINE):
         async with (
-            serving() as port,
-            proxying(port) as (proxy, proxy_port),
-            reconnecting(proxy_port, offline_timeout=None, **events.options()) as client,
-            connect(port=port) as watcher,
-            watcher.subscribe("t") as sub,
+            flaky(offline_timeout=None) as link,
+            link.producer.subscribe("t") as sub,
             anyio.create_task_group() as tg,
         ):
-            proxy.paused = True
-            proxy.drop()
-            await events.lost.wait()
 
             async def send_offline(*, task_status: anyio.abc.TaskStatus[None]) -> None:
                 task_status.started()
-                await client.send("t", "sent while offline")
+                await link.client.send("t", "sent while offline")
 
-            await tg.start(send_offline)  # Now waiting for the connection.
-            assert not client.connected
-            proxy.paused = False
+            async with link.away():
+                await tg.start(send_offline)  # Now waiting for the connection.
+                assert not link.client.connected
             assert [m.msg for m in await take(sub, 1)] == ["sent while offline"]
 
 
 async def test_commands_in_flight_when_the_connection_drops_raise() -> None:
-    events = Events()
     with anyio.fail_after(DEADLINE):
-        async with (
-            serving() as port,
-            proxying(port) as (proxy, proxy_port),
-            reconnecting(proxy_port, **events.options()) as client,
-            anyio.create_task_group() as tg,
-        ):
+        async with flaky() as link, anyio.create_task_group() as tg:
+            client, proxy = link.client, link.proxy
             proxy.hold()  # No reply will come back.
             await client.publish("t", "a")
             lost: list[BaseException] = []
@@ -750,7 +602,7 @@ async def test_commands_in_flight_when_the_connection_drops_raise() -> None:
             proxy.release()
             with pytest.raises(ConnectionLostError, match="1 published message"):
                 await client.flush()
-            await events.back.wait()
+            await link.events.back.wait()
             await client.send("t", "c")
     assert len(lost) == 1
 

@@ -18,6 +18,7 @@ from mqcore_client._subscription_state import SubscriptionState, SubState
 from ..helpers import TIMEOUT
 from ..server.test_restart_resume import servers
 from .test_session import Pair
+from .test_session import taken as session_taken
 
 
 def pattern(pair: Pair, name: str, cache: bool = True) -> PatternSubscriptionState:
@@ -29,10 +30,7 @@ def pattern(pair: Pair, name: str, cache: bool = True) -> PatternSubscriptionSta
 
 def taken(state: SubscriptionState) -> list[tuple[str, int, bool]]:
     """(topic, index, gap) of everything queued."""
-    out = []
-    while (message := state.take()) is not None:
-        out.append((message.topic, message.index, message.gap))
-    return out
+    return session_taken(state, "topic")
 
 
 def test_a_pattern_gets_every_matching_topic_and_exact_subscribers_still_theirs() -> None:

@@ -8,6 +8,8 @@ queue bounds) is tested in a few microseconds, deterministically.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import pytest
 
 from mqcore import SUCCESS, Broker, ConnectionId, Reason, Send
@@ -81,11 +83,13 @@ class Pair:
         return state
 
 
-def taken(state: SubscriptionState) -> list[tuple[str, int, bool]]:
-    """Everything queued in ``state``: (msg, index, gap) each."""
+def taken(
+    state: SubscriptionState, label: Literal["msg", "topic"] = "msg"
+) -> list[tuple[str, int, bool]]:
+    """Everything queued in ``state``: (msg, index, gap) each, or (topic, ...) if ``label`` says."""
     out = []
     while (message := state.take()) is not None:
-        out.append((message.msg, message.index, message.gap))
+        out.append((message.topic if label == "topic" else message.msg, message.index, message.gap))
     return out
 
 

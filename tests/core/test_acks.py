@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 
-from mqcore import Broker, MemoryStore, Reason
+from mqcore import Broker, ConnectionId, MemoryStore, Reason
 
-from ..helpers import Harness
+from ..helpers import Ending, Harness
 from ..wire import OK, delivered, fail, send, sub, unsub
 
 
@@ -26,6 +26,28 @@ def job(topic: str, msg: str, index: int, attempt: int) -> Any:
 
 def harness(**options: Any) -> Harness:
     return Harness(Broker(**options))
+
+
+def holding_a_job(now: float, **options: Any) -> tuple[Harness, ConnectionId, ConnectionId]:
+    """A harness with its clock at ``now``, a worker (prefetch 1) holding the job
+    ``j`` of ``jobs``, and the connection that sent it."""
+    h = harness(**options)
+    worker, producer = h.connect(), h.connect()
+    h.broker.advance(now)
+    h.send(worker, sub("jobs", ack=True, prefetch=1))
+    h.send(producer, send("jobs", "j", "one"))
+    h.take(worker)
+    return h, worker, producer
+
+
+def due_at(h: Harness, cid: ConnectionId, deadline: float) -> list[Any]:
+    """What ``cid`` is sent when the clock reaches ``deadline``, the broker's next
+    one, having been sent nothing a moment before."""
+    assert h.broker.next_deadline() == deadline
+    h.advance(deadline - 0.1)
+    assert h.take(cid) == []
+    h.advance(deadline)
+    return h.take(cid)
 
 
 def test_a_job_carries_its_attempt_and_is_pending_until_acked() -> None:
@@ -184,43 +206,21 @@ def test_cached_one_messages_are_claimed_on_subscribe_up_to_prefetch() -> None:
 
 
 def test_nack_hands_back_at_once_or_after_its_delay() -> None:
-    h = harness()
-    worker, producer = h.connect(), h.connect()
-    h.broker.advance(100.0)
-    h.send(worker, sub("jobs", ack=True, prefetch=1))
-    h.send(producer, send("jobs", "j", "one"))
-    h.take(worker)
+    h, worker, _producer = holding_a_job(100.0)
     h.send(worker, nack("jobs", 0))
     assert h.take(worker) == [job("jobs", "j", 0, 2), OK]
     h.send(worker, nack("jobs", 0, delay=5))
     assert h.take(worker) == [OK]
-    assert h.broker.next_deadline() == 105.0
-    h.broker.advance(104.9)
-    h.collect()
-    assert h.take(worker) == []
-    h.broker.advance(105.0)
-    h.collect()
-    assert h.take(worker) == [job("jobs", "j", 0, 3)]
+    assert due_at(h, worker, 105.0) == [job("jobs", "j", 0, 3)]
 
 
 def test_ack_wait_expiry_redelivers_to_any_consumer() -> None:
-    h = harness(ack_wait=30)
-    slow, producer = h.connect(), h.connect()
-    h.broker.advance(0.0)
-    h.send(slow, sub("jobs", ack=True, prefetch=1))
-    h.send(producer, send("jobs", "j", "one"))
-    h.take(slow)
+    h, slow, _producer = holding_a_job(0.0, ack_wait=30)
     quick = h.connect()
     h.send(quick, sub("jobs", ack=True))
     assert h.take(quick) == [OK]
-    assert h.broker.next_deadline() == 30.0
-    h.broker.advance(29.0)
-    h.collect()
-    assert h.take(quick) == []
-    h.broker.advance(30.0)
-    h.collect()
     # slow is back in line behind quick: quick gets it.
-    assert h.take(quick) == [job("jobs", "j", 0, 2)]
+    assert due_at(h, quick, 30.0) == [job("jobs", "j", 0, 2)]
     h.send(slow, ack("jobs", 0))
     assert h.take(slow) == [fail(Reason.NOT_PENDING)]  # too late: no longer its job
     h.send(quick, ack("jobs", 0))
@@ -228,8 +228,8 @@ def test_ack_wait_expiry_redelivers_to_any_consumer() -> None:
     assert h.broker.next_deadline() is None
 
 
-@pytest.mark.parametrize("how", ["disconnect", "eof", "quit", "unsubscribe"])
-def test_a_leaving_consumer_hands_its_jobs_to_another(how: str) -> None:
+@pytest.mark.parametrize("how", ["lost", "eof", "quit", "unsubscribe"])
+def test_a_leaving_consumer_hands_its_jobs_to_another(how: Ending | Literal["unsubscribe"]) -> None:
     h = harness()
     a, producer = h.connect(), h.connect()
     h.send(a, sub("jobs", ack=True, prefetch=3))
@@ -238,15 +238,10 @@ def test_a_leaving_consumer_hands_its_jobs_to_another(how: str) -> None:
     b = h.connect()
     h.send(b, sub("jobs", ack=True))
     assert h.take(b) == [OK]
-    if how == "disconnect":
-        h.broker.connection_lost(a)
-    elif how == "eof":
-        h.broker.receive_eof(a)
-    elif how == "quit":
-        h.feed(a, b"quit\n")
-    else:
+    if how == "unsubscribe":
         h.send(a, unsub("jobs"))
-    h.collect()
+    else:
+        h.end(a, how)
     assert h.take(b) == [job("jobs", "0", 0, 2), job("jobs", "2", 2, 2)]
 
 
@@ -296,11 +291,9 @@ def test_dead_letters_of_expired_and_disconnected_jobs_say_why() -> None:
     h.broker.advance(0.0)
     h.send(worker, sub("jobs", ack=True))
     h.send(producer, send("jobs", "a", "one"))
-    h.broker.advance(5.0)
-    h.collect()
+    h.advance(5.0)
     h.send(producer, send("jobs", "b", "one"))
-    h.broker.connection_lost(worker)
-    h.collect()
+    h.end(worker, "lost")
     reasons = [m["reason"] for m in h.take(watcher)[1:]]
     assert reasons == ["ack wait expired", "consumer disconnected"]
 

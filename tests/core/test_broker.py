@@ -22,7 +22,7 @@ from mqcore import (
     TopicState,
 )
 
-from ..helpers import Harness
+from ..helpers import Harness, subscribed
 from ..wire import OK, delivered, fail, line, send, sub, unsub
 
 #: Valid JSON nested about 1,000 deep: "Could not parse json" where the decoder
@@ -231,10 +231,8 @@ def test_quit_inside_json_is_a_normal_string() -> None:
 
 def test_send_index_counts_every_send_and_delivers_to_all() -> None:
     h = Harness()
-    a, b, p = h.connect(), h.connect(), h.connect()
-    h.send(a, sub("t"))
-    h.send(b, sub("t"))
-    h.take(a), h.take(b)
+    a, b = h.subscribers(2, "t")
+    p = h.connect()
     h.send(p, send("t", "m0"), send("t", "m1", cache=False), send("u", "x"), send("t", "m2"))
     assert h.take(p) == [OK] * 4
     expected = [
@@ -248,10 +246,7 @@ def test_send_index_counts_every_send_and_delivers_to_all() -> None:
 
 
 def test_delivery_keeps_the_senders_keys_and_adds_index() -> None:
-    h = Harness()
-    a, p = h.connect(), h.connect()
-    h.send(a, sub("t"))
-    h.take(a)
+    h, a, p = subscribed("t")
     h.feed(p, b'{"delivery": "all", "msg": "q\\"\\u00e9", "command": "send", "topic": "t"}\n')
     [msg] = h.take(a)
     assert msg == {"delivery": "all", "msg": 'q"é', "command": "send", "topic": "t", "index": 0}
@@ -299,11 +294,8 @@ def test_one_reaches_exactly_the_chosen_subscriber() -> None:
         return 1
 
     h = Harness(Broker(choose=choose))
-    subs = [h.connect() for _ in range(3)]
+    subs = h.subscribers(3, "t")
     p = h.connect()
-    for s in subs:
-        h.send(s, sub("t"))
-        h.take(s)
     h.send(p, send("t", "job", "one"))
     assert picks == [3]
     assert [h.take(s) for s in subs] == [[], [delivered("t", "job", 0, "one")], []]
@@ -313,11 +305,8 @@ def test_one_reaches_exactly_the_chosen_subscriber() -> None:
 
 def test_one_is_spread_over_subscribers_by_default() -> None:
     h = Harness()
-    subs = [h.connect() for _ in range(3)]
+    subs = h.subscribers(3, "t")
     p = h.connect()
-    for s in subs:
-        h.send(s, sub("t"))
-        h.take(s)
     h.send(p, *[send("t", f"j{i}", "one") for i in range(30)])
     counts = [len(h.take(s)) for s in subs]
     assert counts == [10, 10, 10]
@@ -533,11 +522,8 @@ def test_broker_rejects_bad_settings() -> None:
 def test_random_chooser_is_deterministic_when_seeded() -> None:
     def run(seed: int) -> list[int]:
         h = Harness(Broker(choose=random.Random(seed).randrange))
-        subs = [h.connect() for _ in range(4)]
+        subs = h.subscribers(4, "t")
         p = h.connect()
-        for s in subs:
-            h.send(s, sub("t"))
-            h.take(s)
         h.send(p, *[send("t", f"j{i}", "one") for i in range(20)])
         return [i for i, s in enumerate(subs) for _ in h.take(s)]
 
@@ -641,10 +627,7 @@ def test_evicted_messages_do_not_keep_their_bytes() -> None:
 
 
 def test_re_encoded_delivery_keeps_exactly_the_senders_keys() -> None:
-    h = Harness()
-    a, p = h.connect(), h.connect()
-    h.send(a, sub("cache"))
-    h.take(a)
+    h, a, p = subscribed("cache")
     # 20 quotes: re-encoded; the topic is the string "cache", not the key.
     h.feed(p, b'{"command":"send","topic":"cache","msg":"\\"a\\" \\"b\\"","delivery":"all"}\n')
     [msg] = h.take(a)
@@ -672,10 +655,7 @@ def test_bad_limits_are_refused() -> None:
 
 
 def test_a_repeated_key_is_delivered_once_with_the_value_that_counted() -> None:
-    h = Harness()
-    a, p = h.connect(), h.connect()
-    h.send(a, sub("b"))
-    h.take(a)
+    h, a, p = subscribed("b")
     h.feed(p, b'{"command":"send","topic":"a","topic":"b","msg":"m","delivery":"all"}\n')
     assert h.take(p) == [OK]
     raw = h.take_bytes(a)
@@ -694,10 +674,7 @@ def test_a_repeated_key_is_delivered_once_with_the_value_that_counted() -> None:
     ],
 )
 def test_delivery_has_the_senders_keys_whether_spliced_or_re_encoded(obj: Any) -> None:
-    h = Harness()
-    a, p = h.connect(), h.connect()
-    h.send(a, sub("t"))
-    h.take(a)
+    h, a, p = subscribed("t")
     h.send(p, obj)
     [msg] = h.take(a)
     assert msg == {**obj, "index": 0}

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from mqcore import Broker, Reason
 
 from ..helpers import Harness
-from ..wire import line
+from ..wire import expected_replies, line
 
 MAX_LINE = 200
 
@@ -33,29 +33,6 @@ commands = st.sampled_from(
 pieces = st.one_of(st.binary(max_size=60), commands, st.text(max_size=20).map(str.encode))
 
 
-def expected_replies(data: bytes) -> int:
-    """How many replies the input calls for: one per non-empty complete line, up to quit."""
-    count = 0
-    *lines, partial = data.split(b"\n")
-    for raw in lines:
-        if len(raw) > MAX_LINE:
-            count += 1
-            continue
-        try:
-            text = raw.decode("utf-8").strip()
-        except UnicodeDecodeError:
-            count += 1
-            continue
-        if text == "quit":
-            break
-        if text:
-            count += 1
-    else:
-        # A partial line already over the limit is answered before it ends.
-        count += len(partial) > MAX_LINE
-    return count
-
-
 @settings(max_examples=300, deadline=None)
 @given(st.lists(pieces, max_size=30), st.data())
 def test_every_output_line_is_json_and_replies_match_lines(
@@ -74,7 +51,7 @@ def test_every_output_line_is_json_and_replies_match_lines(
     assert all(isinstance(o, dict) for o in objects)
     replies = [o for o in objects if "success" in o]
     assert all(set(o) == {"success"} or o["success"] is False or "epoch" in o for o in replies)
-    assert len(replies) == expected_replies(payload)
+    assert len(replies) == expected_replies(payload, MAX_LINE)
     assert [o for o in objects if "index" in o] == [o for o in objects if "success" not in o]
 
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+from typing import Literal
 
 import pytest
 
 from mqcore import Broker, ConnectionId, Reason
 
-from ..helpers import Harness
+from ..helpers import Ending, Harness, subscribed
 from ..wire import OK, delivered, fail, line, lines, send, sub
 
 # -- end of input ----------------------------------------------------------------------
@@ -52,20 +53,17 @@ def test_eof_lists_the_connection_after_writes_of_the_same_output() -> None:
         ["eof-mid-long-line", "eof"],
     ],
 )
-def test_eof_is_idempotent_and_mixes_with_quit_and_loss(events: list[str]) -> None:
+def test_eof_is_idempotent_and_mixes_with_quit_and_loss(
+    events: list[Ending | Literal["eof-mid-long-line"]],
+) -> None:
     h = Harness(Broker(max_line_bytes=64))
     c = h.connect()
     for event in events:
-        if event == "eof":
-            h.broker.receive_eof(c)
-        elif event == "lost":
-            h.broker.connection_lost(c)
-        elif event == "quit":
-            h.feed(c, b"quit\n")
-        else:
+        if event == "eof-mid-long-line":
             h.feed(c, b"x" * 100)  # answered "Line too long" at once, rest discarded
-            h.broker.receive_eof(c)
-        h.collect()
+            h.end(c, "eof")
+        else:
+            h.end(c, event)
     assert h.closed.count(c) <= 1
     assert h.closed == [] or h.closed == [c]
     assert not h.broker.take_output()
@@ -82,10 +80,7 @@ def test_eof_of_an_unknown_connection_is_ignored() -> None:
 
 
 def test_a_deeply_nested_line_gets_its_reply_and_the_read_goes_on() -> None:
-    h = Harness()
-    c, s = h.connect(), h.connect()
-    h.send(s, sub("t"))
-    h.take(s)
+    h, s, c = subscribed("t")
     nested = b'{"a":' * 5_000 + b"1" + b"}" * 5_000 + b"\n"
     # The send before it in the same read is acknowledged, the one after is carried out.
     h.feed(c, line(send("t", "before")) + nested + line(send("t", "after")))
@@ -98,10 +93,7 @@ def test_an_exception_while_handling_a_line_becomes_its_reply() -> None:
     def choose(n: int) -> int:
         raise ZeroDivisionError  # a faulty chooser the embedder passed in
 
-    h = Harness(Broker(choose=choose))
-    c, w = h.connect(), h.connect()
-    h.send(w, sub("jobs"))
-    h.take(w)
+    h, _worker, c = subscribed("jobs", broker=Broker(choose=choose))
     h.send(c, send("jobs", "j", "one"), sub("t"), send("t", "m"))
     assert h.take(c) == [fail(Reason.INTERNAL_ERROR), OK, delivered("t", "m", 0), OK]
     assert h.broker.stats().failures == {Reason.INTERNAL_ERROR: 1}

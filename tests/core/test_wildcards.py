@@ -14,7 +14,7 @@ from mqcore._patterns import PatternTable, TopicIndex
 from mqcore._state import Topic
 from mqcore._subjects import matches
 
-from ..helpers import Harness
+from ..helpers import Harness, subscribed
 from ..wire import OK, delivered, fail, send, sub, unsub
 
 # -- routing -------------------------------------------------------------------------
@@ -48,10 +48,7 @@ def test_pattern_and_exact_subscribers_share_one_bytes_object() -> None:
 
 
 def test_exact_plus_patterns_deliver_once_per_connection() -> None:
-    h = Harness()
-    c, pub = h.connect(), h.connect()
-    h.send(c, sub("a.b.c"), sub("a.*.c"), sub("a.>"), sub(">"), sub("*.b.*"))
-    h.take(c)
+    h, c, pub = subscribed("a.b.c", "a.*.c", "a.>", ">", "*.b.*")
     h.send(pub, send("a.b.c", "once"))
     assert h.take(c) == [delivered("a.b.c", "once", 0)]
     # Without the exact subscription, the four patterns still give it once.
@@ -91,10 +88,7 @@ def test_one_goes_to_exactly_one_among_exact_and_pattern_subscribers() -> None:
 
 
 def test_one_with_only_pattern_subscribers_is_consumed_not_cached() -> None:
-    h = Harness()
-    c, pub = h.connect(), h.connect()
-    h.send(c, sub("jobs.>"))
-    h.take(c)
+    h, c, pub = subscribed("jobs.>")
     h.send(pub, send("jobs.eu", "j", "one"))
     assert h.take(c) == [delivered("jobs.eu", "j", 0, "one")]
     assert h.broker.cached("jobs.eu") == []
@@ -105,10 +99,7 @@ def test_one_with_only_pattern_subscribers_is_consumed_not_cached() -> None:
 
 @pytest.mark.parametrize("topic", ["a.*", "*", ">", "a.>", "*.b", "a.*.c"])
 def test_send_to_a_pattern_is_refused_and_changes_nothing(topic: str) -> None:
-    h = Harness()
-    c, pub = h.connect(), h.connect()
-    h.send(c, sub(">"))
-    h.take(c)
+    h, c, pub = subscribed(">")
     h.send(pub, send(topic, "m"), send(topic, "m", "one"))
     assert h.take(pub) == [fail(Reason.SEND_TO_PATTERN)] * 2
     assert h.take(c) == []
@@ -213,10 +204,7 @@ def test_replay_consumes_one_messages_and_forgets_emptied_topics() -> None:
 
 
 def test_topic_matched_only_by_patterns_is_forgotten_and_keeps_numbering() -> None:
-    h = Harness()
-    pub, c = h.connect(), h.connect()
-    h.send(c, sub("x.*"))
-    h.take(c)
+    h, c, pub = subscribed("x.*")
     h.send(pub, send("x.a", "1", cache=False), send("x.a", "2", cache=False))
     assert [m["index"] for m in h.take(c)] == [0, 1]
     assert h.broker.stats().topics == 0  # nothing to keep: forgotten after each send
@@ -311,10 +299,7 @@ def test_many_patterns_deep_tokens_long_names_and_churn() -> None:
 
 
 def test_the_root_rest_pattern_gets_everything_and_survives_garbage() -> None:
-    h = Harness()
-    c, pub = h.connect(), h.connect()
-    h.send(c, sub(">"))
-    h.take(c)
+    h, c, pub = subscribed(">")
     h.feed(pub, b'{"command":"send","topic":">"}\nnope\n\xff\n')
     h.send(pub, send("", "empty"), send("..", "dots"), send("a b.c", "space"))
     assert [m["topic"] for m in h.take(c)] == ["", "..", "a b.c"]

@@ -19,7 +19,8 @@ from __future__ import annotations
 import os
 import signal
 import threading
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -334,6 +335,23 @@ class WatchedStore(MemoryStore):
         return super().load()
 
 
+@asynccontextmanager
+async def watched_server(**store_options: Any) -> AsyncIterator[tuple[WatchedStore, int]]:
+    """Run a server in this event loop committing to a new :class:`WatchedStore`
+    (``store_options`` its options); yield the store and the server's port."""
+    store = WatchedStore(**store_options)
+    with anyio.fail_after(TIMEOUT):
+        async with in_process(store=store) as server:
+            yield store, server.port
+
+
+async def subscriber(port: int, topic: str) -> LineClient:
+    """A connection subscribed to ``topic`` (its reply read)."""
+    consumer = await LineClient.open(port)
+    assert await consumer.request(sub(topic)) == OK
+    return consumer
+
+
 # The in-process tests run on both backends (BOTH_BACKENDS): under asyncio the
 # server uses asyncio Protocols, under trio anyio streams, and both must hold the order.
 
@@ -343,46 +361,40 @@ class WatchedStore(MemoryStore):
 async def test_replies_and_deliveries_wait_for_their_commit_and_commits_are_grouped(
     in_thread: bool,
 ) -> None:
-    store = WatchedStore(delay=0.002, in_thread=in_thread)
     n = 3000
-    with anyio.fail_after(TIMEOUT):
-        async with in_process(store=store) as server:
-            consumer = await LineClient.open(server.port)
-            assert await consumer.request(sub("t")) == OK
-            producer = await LineClient.open(server.port)
+    async with (
+        watched_server(delay=0.002, in_thread=in_thread) as (store, port),
+        await subscriber(port, "t") as consumer,
+        await LineClient.open(port) as producer,
+    ):
 
-            async def produce() -> None:
-                for start in range(0, n, 500):
-                    await producer.write(*(send("t", f"m{i}") for i in range(start, start + 500)))
+        async def produce() -> None:
+            for start in range(0, n, 500):
+                await producer.write(*(send("t", f"m{i}") for i in range(start, start + 500)))
 
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(produce)
-                for k in range(1, n + 1):
-                    assert await producer.read() == OK
-                    # The k-th reply is written only once the k-th send is stored.
-                    assert store.next["t"] >= k
-                for i in range(n):
-                    m = await consumer.read()
-                    assert m["index"] == i
-                    assert store.next["t"] > i
-            await producer.aclose()
-            await consumer.aclose()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(produce)
+            for k in range(1, n + 1):
+                assert await producer.read() == OK
+                # The k-th reply is written only once the k-th send is stored.
+                assert store.next["t"] >= k
+            for i in range(n):
+                m = await consumer.read()
+                assert m["index"] == i
+                assert store.next["t"] > i
     # Group commit: far fewer commits (each a simulated 2 ms sync) than messages.
     assert store.commits < n / 10
 
 
 @BOTH_BACKENDS
 async def test_a_replay_of_a_message_not_yet_stored_waits_for_the_commit() -> None:
-    store = WatchedStore()
-    with anyio.fail_after(TIMEOUT):
-        async with in_process(store=store) as server:
-            producer = await LineClient.open(server.port)
-            store.gate.clear()
-            store.entered.clear()
-            await producer.write(send("t", "early"))
-            # The commit of "early" is under way (and held): the broker has cached it.
-            await anyio.to_thread.run_sync(store.entered.wait, TIMEOUT)
-            consumer = await LineClient.open(server.port)
+    async with watched_server() as (store, port), await LineClient.open(port) as producer:
+        store.gate.clear()
+        store.entered.clear()
+        await producer.write(send("t", "early"))
+        # The commit of "early" is under way (and held): the broker has cached it.
+        await anyio.to_thread.run_sync(store.entered.wait, TIMEOUT)
+        async with await LineClient.open(port) as consumer:
             await consumer.write(sub("t"))
             store.gate.set()
             assert await consumer.read() == OK
@@ -390,8 +402,6 @@ async def test_a_replay_of_a_message_not_yet_stored_waits_for_the_commit() -> No
             assert (replayed["msg"], replayed["index"]) == ("early", 0)
             assert store.next["t"] == 1  # stored before it was replayed
             assert await producer.read() == OK
-            await producer.aclose()
-            await consumer.aclose()
 
 
 @BOTH_BACKENDS
@@ -430,76 +440,68 @@ async def test_a_failing_store_stops_the_server_and_acknowledges_nothing_more(
 
 @BOTH_BACKENDS
 async def test_a_one_message_is_consumed_in_the_store_only_once_its_bytes_left_the_server() -> None:
-    store = WatchedStore(in_thread=False)
     n = 40  # 36 MB of `one` messages: more than the socket buffers hold
     payload = "x" * 900_000
-    with anyio.fail_after(TIMEOUT):
-        async with in_process(store=store) as server:
-            consumer = await LineClient.open(server.port)
-            assert await consumer.request(sub("jobs")) == OK
-            producer = await LineClient.open(server.port)
-            for _ in range(n):
-                assert await producer.request(send("jobs", payload, "one")) == OK
-            # The consumer has read nothing: the newest job is still in the
-            # server's buffers, so the store still holds it for a redelivery.
-            stored = {i for state in store.load().topics for i, _, _ in state.cache}
-            assert n - 1 in stored
-            for i in range(n):
-                assert (await consumer.read())["index"] == i
-            # Everything has left; the next commit takes the consumptions along.
-            assert await producer.request(send("other", "m")) == OK
-            assert store.cached_count() == 1  # only "other"'s message
-            await producer.aclose()
-            await consumer.aclose()
+    async with (
+        watched_server(in_thread=False) as (store, port),
+        await subscriber(port, "jobs") as consumer,
+        await LineClient.open(port) as producer,
+    ):
+        for _ in range(n):
+            assert await producer.request(send("jobs", payload, "one")) == OK
+        # The consumer has read nothing: the newest job is still in the
+        # server's buffers, so the store still holds it for a redelivery.
+        stored = {i for state in store.load().topics for i, _, _ in state.cache}
+        assert n - 1 in stored
+        for i in range(n):
+            assert (await consumer.read())["index"] == i
+        # Everything has left; the next commit takes the consumptions along.
+        assert await producer.request(send("other", "m")) == OK
+        assert store.cached_count() == 1  # only "other"'s message
 
 
 @BOTH_BACKENDS
 async def test_a_half_closed_client_gets_every_reply_held_for_a_commit() -> None:
-    store = WatchedStore(delay=0.002, in_thread=True)
     n = 500
-    with anyio.fail_after(TIMEOUT):
-        async with in_process(store=store) as server:
-            producer = await LineClient.open(server.port)
-            await producer.write(*(send("h", f"m{i}") for i in range(n)))
-            await producer.stream.send_eof()
-            replies = [await producer.read() for _ in range(n)]
-            with pytest.raises(anyio.EndOfStream):  # then the server closes
-                await producer.read()
-            assert replies == [OK] * n
-            assert store.next["h"] == n
-            await producer.aclose()
+    async with (
+        watched_server(delay=0.002, in_thread=True) as (store, port),
+        await LineClient.open(port) as producer,
+    ):
+        await producer.write(*(send("h", f"m{i}") for i in range(n)))
+        await producer.stream.send_eof()
+        replies = [await producer.read() for _ in range(n)]
+        with pytest.raises(anyio.EndOfStream):  # then the server closes
+            await producer.read()
+        assert replies == [OK] * n
+        assert store.next["h"] == n
 
 
 @BOTH_BACKENDS
 async def test_a_quit_while_a_commit_is_released_does_not_release_later_outputs_early() -> None:
-    store = WatchedStore(delay=0.001, in_thread=True)
     n = 3000
-    with anyio.fail_after(TIMEOUT):
-        async with in_process(store=store) as server:
-            done = anyio.Event()
+    async with watched_server(delay=0.001, in_thread=True) as (store, port):
+        done = anyio.Event()
 
-            async def quitter() -> None:
-                # Connections closing (a `quit`) while outputs are being released.
-                while not done.is_set():
-                    conn = await LineClient.open(server.port)
+        async def quitter() -> None:
+            # Connections closing (a `quit`) while outputs are being released.
+            while not done.is_set():
+                async with await LineClient.open(port) as conn:
                     await conn.stream.send(b"quit\n")
                     with pytest.raises(anyio.EndOfStream):
                         await conn.read()
-                    await conn.aclose()
 
-            async def produce(topic: str) -> None:
-                producer = await LineClient.open(server.port)
+        async def produce(topic: str) -> None:
+            async with await LineClient.open(port) as producer:
                 for start in range(0, n, 250):
                     await producer.write(*(send(topic, "m") for _ in range(250)))
                     for k in range(start + 1, start + 251):
                         assert await producer.read() == OK
                         # The k-th reply is written only once the k-th send is stored.
                         assert store.next[topic] >= k
-                await producer.aclose()
 
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(quitter)
-                async with anyio.create_task_group() as producers:
-                    producers.start_soon(produce, "q1")
-                    producers.start_soon(produce, "q2")
-                done.set()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(quitter)
+            async with anyio.create_task_group() as producers:
+                producers.start_soon(produce, "q1")
+                producers.start_soon(produce, "q2")
+            done.set()

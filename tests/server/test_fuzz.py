@@ -21,7 +21,7 @@ import anyio
 import pytest
 
 from ..helpers import TIMEOUT, LineClient, server_process
-from ..wire import OK, line, send, sub
+from ..wire import OK, expected_replies, line, send, sub
 from .support import peak_rss
 
 pytestmark = pytest.mark.anyio
@@ -69,23 +69,6 @@ def generated_line(rng: random.Random) -> bytes:
     return bytes([rng.randrange(0x20, 0x7F) for _ in range(rng.randrange(1, 40))])
 
 
-def expected_replies(lines: list[bytes]) -> int:
-    """One reply per line that is not empty after the server's strip (none is `quit`)."""
-    count = 0
-    for raw in lines:
-        if len(raw) > MAX_LINE:
-            count += 1
-            continue
-        try:
-            text = raw.decode("utf-8").strip()
-        except UnicodeDecodeError:
-            count += 1
-            continue
-        assert text != "quit"
-        count += bool(text)
-    return count
-
-
 def chunks_of(data: bytes, rng: random.Random) -> list[bytes]:
     """``data`` cut at random places (a line may span writes)."""
     cuts = sorted(rng.randrange(len(data)) for _ in range(40))
@@ -97,7 +80,9 @@ async def test_fuzzed_lines_get_one_reply_each_and_harm_no_one(seed: int) -> Non
     rng = random.Random(seed)
     lines = [generated_line(rng) for _ in range(LINES)]
     data = b"".join(raw + b"\n" for raw in lines)
-    expected = expected_replies(lines)
+    expected = expected_replies(data, MAX_LINE)
+    # No line is `quit` (which would end the count): one more line, one more reply.
+    assert expected_replies(data + b"x\n", MAX_LINE) == expected + 1
     watched = sum(1 for raw in lines if b'"topic": "watch"' in raw and len(raw) <= MAX_LINE)
     async with server_process("--in-memory", "--max-line-bytes", str(MAX_LINE)) as server:
         with anyio.fail_after(TIMEOUT):

@@ -361,13 +361,24 @@ def test_a_file_that_is_not_a_store_is_refused_with_one_line(
     assert path.read_bytes() == content  # left as it was
 
 
-def test_another_applications_sqlite_file_is_refused(data_dir: Path) -> None:
-    path = data_dir / "app.db"
+@pytest.mark.parametrize(
+    ("from_a_store", "sql", "reason"),
+    [
+        pytest.param(False, "CREATE TABLE t (x)", "another application", id="another-app"),
+        pytest.param(True, "PRAGMA user_version = 99", "newer mqcore", id="newer-mqcore"),
+    ],
+)
+def test_a_sqlite_file_this_mqcore_cannot_read_is_refused(
+    data_dir: Path, from_a_store: bool, sql: str, reason: str
+) -> None:
+    """Another application's database, or a store a newer mqcore wrote: ``sql``
+    makes one out of an empty file or out of one of ours."""
+    path = make_store_file(data_dir, topics=1, per_topic=1) if from_a_store else data_dir / "app.db"
     conn = sqlite3.connect(path)
-    conn.execute("CREATE TABLE t (x)")
+    conn.execute(sql)
     conn.commit()
     conn.close()
-    with pytest.raises(StoreError, match="another application"):
+    with pytest.raises(StoreError, match=reason):
         SQLiteStore(path)
 
 
@@ -532,13 +543,20 @@ def test_a_crash_leaves_whole_batches_and_a_torn_log_loses_only_its_tail(data_di
                 assert [i for i, _, _ in topics[0].cache] == list(range(count))
 
 
+def one_topic_store(data_dir: Path, messages: int) -> Path:
+    """A cleanly closed store file: one topic of ``messages`` messages, one commit
+    each, every one of them cached."""
+    path = data_dir / STORE_FILE
+    with SQLiteStore(path) as store:
+        fill(store, topics=1, per_topic=messages, cache_size=messages)
+    return path
+
+
 def test_salvage_reads_both_ends_of_a_damaged_topic(
     data_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING)
-    path = data_dir / STORE_FILE
-    with SQLiteStore(path) as store:
-        fill(store, topics=1, per_topic=400, cache_size=400)
+    path = one_topic_store(data_dir, 400)
     data = bytearray(path.read_bytes())
     pages = len(data) // 4096
     # Damage one leaf page in the middle of the only topic's messages.
@@ -562,9 +580,7 @@ def test_stored_message_bytes_are_validated_on_load(
     data_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING)
-    path = data_dir / STORE_FILE
-    with SQLiteStore(path) as store:
-        fill(store, topics=1, per_topic=3, cache_size=10)
+    path = one_topic_store(data_dir, 3)
     conn = sqlite3.connect(path)
     # One chunk per send here: one now holds another topic's message, one is not JSON.
     assert [r[0] for r in conn.execute("SELECT seq FROM cache ORDER BY seq")] == [1, 2, 3]
@@ -599,16 +615,6 @@ def test_sqlite_chunks_are_rewritten_or_deleted_as_their_messages_leave(data_dir
     with SQLiteStore(path) as store:
         [state] = store.load().topics
         assert (state.next_index, state.cache) == (4, [])
-
-
-def test_a_store_from_a_newer_mqcore_is_refused(data_dir: Path) -> None:
-    path = make_store_file(data_dir, topics=1, per_topic=1)
-    conn = sqlite3.connect(path)
-    conn.execute("PRAGMA user_version = 99")
-    conn.commit()
-    conn.close()
-    with pytest.raises(StoreError, match="newer mqcore"):
-        SQLiteStore(path)
 
 
 def test_fsync_modes(data_dir: Path) -> None:
