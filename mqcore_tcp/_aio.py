@@ -82,6 +82,8 @@ class AioConnection(asyncio.Protocol):
     def __init__(self, hub: Hub, flusher: _Flusher) -> None:
         self.hub = hub
         self.flusher = flusher
+        # Only a durable hub can fall behind (its store): no check per read otherwise.
+        self._durable = hub.durable
         self.transport: asyncio.Transport | None = None
         self.cid = ConnectionId(-1)
         self._closing = False
@@ -120,7 +122,7 @@ class AioConnection(asyncio.Protocol):
         hub = self.hub
         hub.receive(self.cid, data)
         self.flusher.soon()
-        if self._resume is None and hub.backlogged(self.cid):
+        if self._durable and self._resume is None and hub.backlogged(self.cid):
             # The store is behind: stop reading, so TCP slows the sender.
             assert self.transport is not None
             self.transport.pause_reading()

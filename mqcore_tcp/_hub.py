@@ -31,8 +31,9 @@ lost with those bytes unsent, the list is discarded: the store still holds
 those messages, and they are delivered again after a restart.
 
 Time for acknowledged delivery. The broker has no clock: the hub gives it
-the monotonic time before each read it feeds (a delivery's ack wait counts
-from it) and when a connection ends, and :meth:`Hub.run`'s timer task sleeps
+the monotonic time before the first read of each batch it feeds (a
+delivery's ack wait counts from it; a batch is handled within one loop
+turn) and when a connection ends, and :meth:`Hub.run`'s timer task sleeps
 until :meth:`mqcore.Broker.next_deadline`, then advances the broker and
 applies its output. A deadline earlier than the one the timer sleeps for
 (a nack with a short delay) wakes it: :meth:`Hub.flush` checks, once per batch.
@@ -154,6 +155,8 @@ class Hub:
         # The ack timer's wake-up: when it is due, and the event that wakes it sooner.
         self._wake_at = 0.0
         self._wake = anyio.Event()
+        # Whether the broker's clock must be advanced before the next read is fed.
+        self._clock_stale = True
         self.watch: Final = Watch(
             self,
             line_timeout=config.line_timeout,
@@ -204,12 +207,17 @@ class Hub:
             if link.partial_since >= 0 and b"\n" in data:
                 link.partial_since = -1  # that line ended (the Watch looks again)
         broker = self.broker
-        broker.advance(time.monotonic())
+        if self._clock_stale:
+            # Once per batch of reads, not per read: the reads of one batch
+            # are handled within one loop turn, microseconds apart.
+            self._clock_stale = False
+            broker.advance(time.monotonic())
         broker.receive_data(cid, data)
 
     def flush(self) -> None:
         """Apply (through the commit pipeline, if durable) everything the broker produced."""
         broker = self.broker
+        self._clock_stale = True
         output = broker.take_output()
         if output.hellos:
             self.watch.hellos(output.hellos)
