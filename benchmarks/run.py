@@ -307,7 +307,8 @@ def format_ratios(results: Sequence[dict[str, Any]]) -> str:
     """mqcore against every other variant of the same workload, as ratios (mqcore / other).
 
     Rates: above 1 means mqcore is faster. For ``latency`` the ratio is of
-    p99.9 latencies (other / mqcore, so above 1 again means mqcore is better).
+    p99.9 latencies, for ``conns`` of the time a broadcast takes to reach every
+    subscriber (other / mqcore, so above 1 again means mqcore is better).
     Empty when only mqcore ran.
     """
     lines: list[str] = []
@@ -319,7 +320,18 @@ def format_ratios(results: Sequence[dict[str, Any]]) -> str:
         for other in rows:
             if other is ours:
                 continue
-            if key == "latency":
+            if key == "conns":
+                a, b, what = (
+                    ours.get("fanout_ms_median"),
+                    other.get("fanout_ms_median"),
+                    "fan-out ms",
+                )
+                ratio = (
+                    b / a
+                    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and a
+                    else None
+                )
+            elif key == "latency":
                 a, b, what = ours.get("p999_us"), other.get("p999_us"), "p99.9 latency"
                 ratio = (
                     b / a

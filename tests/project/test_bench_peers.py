@@ -23,6 +23,8 @@ def test_ratios_compare_mqcore_with_each_other_variant() -> None:
         _result("mqcore", "latency", rate_achieved=20_000.0, p999_us=1000.0),
         _result("nats", "latency", rate_achieved=20_000.0, p999_us=500.0),
         {"variant": "redis", "key": "pairs", "ok": False, "error": "boom"},
+        _result("mqcore", "conns", fanout_ms_median=100.0),
+        _result("redis", "conns", fanout_ms_median=80.0),
         _result("mqcore", "pairs", deliver_rate=700_000.0),
     ]
     lines = run.format_ratios(results).splitlines()
@@ -31,6 +33,7 @@ def test_ratios_compare_mqcore_with_each_other_variant() -> None:
     assert any("mqcore@abc" in line and line.endswith("1.20x") for line in lines)
     # Latency: the other's p99.9 over mqcore's, so above 1 means mqcore is better.
     assert any("nats" in line and "p99.9" in line and line.endswith("0.50x") for line in lines)
+    assert any("conns" in line and "fan-out" in line and line.endswith("0.80x") for line in lines)
     # A failed peer run has no ratio, but is listed.
     assert any("pairs" in line and "redis" in line and line.endswith("-") for line in lines)
 
