@@ -79,6 +79,22 @@ class _Flusher:
 class AioConnection(asyncio.Protocol):
     """One connection on the asyncio path: feeds the hub, writes what it is owed."""
 
+    # No __dict__ (asyncio's protocol classes have empty __slots__): less memory per connection.
+    __slots__ = (
+        "_closing",
+        "_deadline",
+        "_durable",
+        "_eof",
+        "_refused",
+        "_resume",
+        "_tls",
+        "_unsent",
+        "cid",
+        "flusher",
+        "hub",
+        "transport",
+    )
+
     def __init__(self, hub: Hub, flusher: _Flusher) -> None:
         self.hub = hub
         self.flusher = flusher

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Final
 
@@ -349,7 +350,10 @@ class Hub:
                 link = links.get(cid)
                 if link is None:
                     continue  # its bytes never left: the store keeps the messages
-                link.confirms.append((link.written, records))
+                confirms = link.confirms
+                if confirms is None:
+                    confirms = link.confirms = deque()
+                confirms.append((link.written, records))
                 self._confirm(link)
 
     def _write_in_pieces(self, cid: ConnectionId, link: Link, chunks: list[bytes]) -> None:
@@ -372,8 +376,10 @@ class Hub:
 
     def _confirm(self, link: Link) -> None:
         """Store the after-write records whose bytes have left."""
-        sent = link.written - link.conn.queued
         confirms = link.confirms
+        if not confirms:
+            return
+        sent = link.written - link.conn.queued
         ready: list[Record] = []
         while confirms and confirms[0][0] <= sent:
             ready += confirms.popleft()[1]

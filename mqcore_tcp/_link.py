@@ -54,8 +54,10 @@ class Link:
         self.user: str | None = None
         # Bytes ever written to the connection.
         self.written = 0
-        # (bytes written when they came, after-write records), oldest first.
-        self.confirms: deque[tuple[int, list[Record]]] = deque()
+        # (bytes written when they came, after-write records), oldest first;
+        # None until the first (an empty deque is 760 bytes: most
+        # connections, and every idle one, never need it).
+        self.confirms: deque[tuple[int, list[Record]]] | None = None
 
 
 def new_broker(config: ServerConfig, store: Store | None, auth: bool) -> Broker:
