@@ -261,6 +261,7 @@ def _row(r: dict[str, Any]) -> list[str]:
         _fmt(r.get("fanout_ms_median"), 1),
         _fmt(r.get("broker_kb_per_conn"), 1),
         _fmt(r.get("broker_cpu_pct"), 0),
+        _fmt(_per_cpu_second(r)),
         _fmt(r.get("other_cpu_pct"), 0),
         _fmt(hwm / 1024 if isinstance(hwm, (int, float)) else None, 1),
         status,
@@ -278,17 +279,28 @@ HEADER = [
     "fanout ms",
     "KB/conn",
     "CPU %",
+    "per CPU-s",
     "other %",
     "peak MB",
     "status",
 ]
 
 
+def _per_cpu_second(r: dict[str, Any]) -> float | None:
+    """The rate per second of the broker's CPU time: steadier than the rate on a busy machine."""
+    rate, cpu = _measure(r), r.get("broker_cpu_pct")
+    if rate is None or not isinstance(cpu, (int, float)) or cpu <= 0:
+        return None
+    return rate / (cpu / 100)
+
+
 def format_table(results: Sequence[dict[str, Any]]) -> str:
     """The results as a plain-text table.
 
     ``rate/s`` is deliveries per second (sends per second for ``latency``);
-    ``CPU %`` is the broker's (100 = one core); ``other %`` is the CPU that
+    ``CPU %`` is the broker's (100 = one core); ``per CPU-s`` the rate per
+    second of the broker's CPU time (its cost per message, which a busy
+    machine disturbs less than the rate); ``other %`` is the CPU that
     other processes on the machine used meanwhile (a disturbed run shows there).
     """
     rows = [HEADER, *(_row(r) for r in results)]
@@ -341,8 +353,11 @@ def format_ratios(results: Sequence[dict[str, Any]]) -> str:
             else:
                 a, b, what = _measure(ours), _measure(other), "rate"
                 ratio = a / b if a is not None and b else None
+                ours_cpu, other_cpu = _per_cpu_second(ours), _per_cpu_second(other)
+                if ours_cpu is not None and other_cpu:
+                    what = f"rate (per CPU-s {ours_cpu / other_cpu:.2f}x)"
             shown = "-" if ratio is None else f"{ratio:.2f}x"
-            lines.append(f"{key:<14} mqcore vs {other.get('variant')!s:<18} {what:<14} {shown}")
+            lines.append(f"{key:<14} mqcore vs {other.get('variant')!s:<18} {what:<30} {shown}")
     return "\n".join(["ratios (above 1: mqcore better)", *lines]) if lines else ""
 
 

@@ -17,8 +17,8 @@ def _result(variant: str, key: str, **figures: Any) -> dict[str, Any]:
 
 def test_ratios_compare_mqcore_with_each_other_variant() -> None:
     results = [
-        _result("mqcore", "throughput-1", deliver_rate=600_000.0),
-        _result("redis", "throughput-1", deliver_rate=1_200_000.0),
+        _result("mqcore", "throughput-1", deliver_rate=600_000.0, broker_cpu_pct=100.0),
+        _result("redis", "throughput-1", deliver_rate=1_200_000.0, broker_cpu_pct=50.0),
         _result("mqcore@abc", "throughput-1", deliver_rate=500_000.0),
         _result("mqcore", "latency", rate_achieved=20_000.0, p999_us=1000.0),
         _result("nats", "latency", rate_achieved=20_000.0, p999_us=500.0),
@@ -29,7 +29,10 @@ def test_ratios_compare_mqcore_with_each_other_variant() -> None:
     ]
     lines = run.format_ratios(results).splitlines()
     assert lines[0].startswith("ratios")
-    assert any("redis" in line and line.endswith("0.50x") for line in lines)
+    # The rate, and the rate per second of the broker's CPU (600k/1.0 against 1.2M/0.5).
+    assert any(
+        "redis" in line and "per CPU-s 0.25x" in line and line.endswith("0.50x") for line in lines
+    )
     assert any("mqcore@abc" in line and line.endswith("1.20x") for line in lines)
     # Latency: the other's p99.9 over mqcore's, so above 1 means mqcore is better.
     assert any("nats" in line and "p99.9" in line and line.endswith("0.50x") for line in lines)
