@@ -38,7 +38,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -77,32 +77,47 @@ def mqload_throughput(mqload: str, srv: ServerProcess, duration: float) -> dict[
     return result
 
 
-def throughput(
-    ports: Iterator[int], mqload: str, rounds: int, duration: float, fsync: str
+def alternate(
+    ports: Iterator[int], rounds: int, fsync: str, measure: Callable[[ServerProcess], float]
 ) -> dict[str, Any]:
-    """Alternate in-memory and durable runs (so both see the same machine); compare medians."""
+    """Measure a rate in memory and durable alternately; print and return the rates and ratio.
+
+    Alternating makes both modes see the same machine.
+    """
     rates: dict[str, list[float]] = {"in-memory": [], "durable": []}
     for n in range(rounds):
         for mode in ("in-memory", "durable"):
             with tempfile.TemporaryDirectory() as tmp:
                 args = ["--data-dir", tmp, "--fsync", fsync] if mode == "durable" else []
                 with server(ports, *args) as srv:
-                    result = mqload_throughput(mqload, srv, duration)
-            ok = result.get("ok") and not result.get("errors") and not result.get("undelivered")
-            rate = float(result["pub_rate"])
-            rates[mode].append(rate)
-            print(
-                f"  round {n + 1} {mode:9}: {rate:>10,.0f} msg/s published, "
-                f"{float(result['deliver_rate']):>10,.0f} delivered"
-                f"{'' if ok else '  (mqload reported a problem: ' + json.dumps(result) + ')'}",
-                flush=True,
-            )
+                    print(f"  round {n + 1} {mode:9}:", end="", flush=True)
+                    rates[mode].append(measure(srv))
     memory = statistics.median(rates["in-memory"])
     durable = statistics.median(rates["durable"])
     ratio = durable / memory
     print(f"  median: in-memory {memory:,.0f} msg/s, durable ({fsync}) {durable:,.0f} msg/s")
     print(f"  ratio durable / in-memory: {ratio:.2f} (aim: >= 0.50)")
     return {"rates": rates, "median": {"in-memory": memory, "durable": durable}, "ratio": ratio}
+
+
+def throughput(
+    ports: Iterator[int], mqload: str, rounds: int, duration: float, fsync: str
+) -> dict[str, Any]:
+    """One publisher to one subscriber (mqload), in memory and durable alternately."""
+
+    def measure(srv: ServerProcess) -> float:
+        result = mqload_throughput(mqload, srv, duration)
+        ok = result.get("ok") and not result.get("errors") and not result.get("undelivered")
+        rate = float(result["pub_rate"])
+        print(
+            f" {rate:>10,.0f} msg/s published, "
+            f"{float(result['deliver_rate']):>10,.0f} delivered"
+            f"{'' if ok else '  (mqload reported a problem: ' + json.dumps(result) + ')'}",
+            flush=True,
+        )
+        return rate
+
+    return alternate(ports, rounds, fsync, measure)
 
 
 def dir_size(path: Path) -> int:
@@ -143,21 +158,13 @@ def many_topics(
     ports: Iterator[int], rounds: int, sends: int, topics: int, payload: int, fsync: str
 ) -> dict[str, Any]:
     """In-memory and durable alternately: ``sends`` pipelined sends over ``topics`` topics."""
-    rates: dict[str, list[float]] = {"in-memory": [], "durable": []}
-    for n in range(rounds):
-        for mode in ("in-memory", "durable"):
-            with tempfile.TemporaryDirectory() as tmp:
-                args = ["--data-dir", tmp, "--fsync", fsync] if mode == "durable" else []
-                with server(ports, *args) as srv:
-                    rate = sends / pipelined_sends(srv.port, sends, topics, payload)
-            rates[mode].append(rate)
-            print(f"  round {n + 1} {mode:9}: {rate:>10,.0f} msg/s acknowledged", flush=True)
-    memory = statistics.median(rates["in-memory"])
-    durable = statistics.median(rates["durable"])
-    ratio = durable / memory
-    print(f"  median: in-memory {memory:,.0f} msg/s, durable ({fsync}) {durable:,.0f} msg/s")
-    print(f"  ratio durable / in-memory: {ratio:.2f} (aim: >= 0.50)")
-    return {"rates": rates, "median": {"in-memory": memory, "durable": durable}, "ratio": ratio}
+
+    def measure(srv: ServerProcess) -> float:
+        rate = sends / pipelined_sends(srv.port, sends, topics, payload)
+        print(f" {rate:>10,.0f} msg/s acknowledged", flush=True)
+        return rate
+
+    return alternate(ports, rounds, fsync, measure)
 
 
 def disk_use(

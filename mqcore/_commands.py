@@ -202,7 +202,7 @@ class Commands(AckCommands):
 
     def _send(self, conn: Connection, command: Send, line: bytes) -> None:
         # The hot path: runs once per message. Attributes are read once into
-        # locals, and _emit() is inlined where it runs per message.
+        # locals, and _emit() is inlined where it runs once per delivery.
         name = command.topic
         delivery = command.delivery
         jobs = None
@@ -272,12 +272,7 @@ class Commands(AckCommands):
         if journal is not None:
             # take_output() turns this into the topic's records for the batch.
             journal.sent(name, index)
-        out = conn.out
-        if out is None:
-            conn.out = [SUCCESS]
-            dirty.append(conn)
-        else:
-            out.append(SUCCESS)
+        self._emit(conn, SUCCESS)
 
     def _pick(self, topic: Topic, n: int) -> int:
         if self._choose is not None:
