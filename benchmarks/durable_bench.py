@@ -5,6 +5,7 @@
     python -m benchmarks.durable_bench                    # both parts, defaults below
     python -m benchmarks.durable_bench --rounds 3 --duration 5
     python -m benchmarks.durable_bench --skip-disk        # throughput only
+    python -m benchmarks.durable_bench --skip-disk --skip-throughput   # 1,000 topics only
     python -m benchmarks.durable_bench --fsync always     # the strictest setting
 
 Throughput: starts ``python -m mqcore_tcp`` (a subprocess on a loopback
@@ -12,6 +13,11 @@ port: any free one, or see ``--port``) in memory and with ``--data-dir``
 (default ``--fsync``), alternately, ``--rounds`` times each, and drives each with
 ``mqload throughput --proto aiomemq --port P --subs 1``. It prints every run
 and the ratio of the medians, durable / in-memory (the aim: at least 0.5).
+
+Many topics: the same alternation, but one pipelined Python sender sends
+``--many-sends`` messages round-robin to ``--topics`` (1,000) topics and
+waits for every reply, so each commit touches up to 1,000 topics (the
+store's per-topic cost). The aim: durable at least 0.5x in-memory.
 
 Disk: starts a durable server with ``--cache-size 100``, sends 1,000,000
 messages of 64 bytes to 1,000 topics from a pipelined Python sender, waits
@@ -32,7 +38,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -71,32 +77,47 @@ def mqload_throughput(mqload: str, srv: ServerProcess, duration: float) -> dict[
     return result
 
 
-def throughput(
-    ports: Iterator[int], mqload: str, rounds: int, duration: float, fsync: str
+def alternate(
+    ports: Iterator[int], rounds: int, fsync: str, measure: Callable[[ServerProcess], float]
 ) -> dict[str, Any]:
-    """Alternate in-memory and durable runs (so both see the same machine); compare medians."""
+    """Measure a rate in memory and durable alternately; print and return the rates and ratio.
+
+    Alternating makes both modes see the same machine.
+    """
     rates: dict[str, list[float]] = {"in-memory": [], "durable": []}
     for n in range(rounds):
         for mode in ("in-memory", "durable"):
             with tempfile.TemporaryDirectory() as tmp:
                 args = ["--data-dir", tmp, "--fsync", fsync] if mode == "durable" else []
                 with server(ports, *args) as srv:
-                    result = mqload_throughput(mqload, srv, duration)
-            ok = result.get("ok") and not result.get("errors") and not result.get("undelivered")
-            rate = float(result["pub_rate"])
-            rates[mode].append(rate)
-            print(
-                f"  round {n + 1} {mode:9}: {rate:>10,.0f} msg/s published, "
-                f"{float(result['deliver_rate']):>10,.0f} delivered"
-                f"{'' if ok else '  (mqload reported a problem: ' + json.dumps(result) + ')'}",
-                flush=True,
-            )
+                    print(f"  round {n + 1} {mode:9}:", end="", flush=True)
+                    rates[mode].append(measure(srv))
     memory = statistics.median(rates["in-memory"])
     durable = statistics.median(rates["durable"])
     ratio = durable / memory
     print(f"  median: in-memory {memory:,.0f} msg/s, durable ({fsync}) {durable:,.0f} msg/s")
     print(f"  ratio durable / in-memory: {ratio:.2f} (aim: >= 0.50)")
     return {"rates": rates, "median": {"in-memory": memory, "durable": durable}, "ratio": ratio}
+
+
+def throughput(
+    ports: Iterator[int], mqload: str, rounds: int, duration: float, fsync: str
+) -> dict[str, Any]:
+    """One publisher to one subscriber (mqload), in memory and durable alternately."""
+
+    def measure(srv: ServerProcess) -> float:
+        result = mqload_throughput(mqload, srv, duration)
+        ok = result.get("ok") and not result.get("errors") and not result.get("undelivered")
+        rate = float(result["pub_rate"])
+        print(
+            f" {rate:>10,.0f} msg/s published, "
+            f"{float(result['deliver_rate']):>10,.0f} delivered"
+            f"{'' if ok else '  (mqload reported a problem: ' + json.dumps(result) + ')'}",
+            flush=True,
+        )
+        return rate
+
+    return alternate(ports, rounds, fsync, measure)
 
 
 def dir_size(path: Path) -> int:
@@ -131,6 +152,19 @@ def pipelined_sends(port: int, sends: int, topics: int, payload: int) -> float:
             replies += data.count(b"\n")
         writer.join()
         return time.perf_counter() - start
+
+
+def many_topics(
+    ports: Iterator[int], rounds: int, sends: int, topics: int, payload: int, fsync: str
+) -> dict[str, Any]:
+    """In-memory and durable alternately: ``sends`` pipelined sends over ``topics`` topics."""
+
+    def measure(srv: ServerProcess) -> float:
+        rate = sends / pipelined_sends(srv.port, sends, topics, payload)
+        print(f" {rate:>10,.0f} msg/s acknowledged", flush=True)
+        return rate
+
+    return alternate(ports, rounds, fsync, measure)
 
 
 def disk_use(
@@ -182,7 +216,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--topics", type=int, default=1000, help="disk test (%(default)s)")
     parser.add_argument("--cache-size", type=int, default=100, help="disk test (%(default)s)")
     parser.add_argument("--payload", type=int, default=64, help="message bytes (%(default)s)")
+    parser.add_argument(
+        "--many-sends", type=int, default=300_000, help="1,000-topic case (%(default)s)"
+    )
     parser.add_argument("--skip-throughput", action="store_true")
+    parser.add_argument("--skip-many-topics", action="store_true")
     parser.add_argument("--skip-disk", action="store_true")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
@@ -198,11 +236,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         results["throughput"] = throughput(
             args.port, mqload, args.rounds, args.duration, args.fsync
         )
+    if not args.skip_many_topics:
+        print(f"{args.topics:,} topics (one pipelined sender):", flush=True)
+        results["many_topics"] = many_topics(
+            args.port, args.rounds, args.many_sends, args.topics, args.payload, args.fsync
+        )
     if not args.skip_disk:
         print("disk use:", flush=True)
         results["disk"] = disk_use(
-            args.port,
-            args.sends, args.topics, args.cache_size, args.payload, args.fsync
+            args.port, args.sends, args.topics, args.cache_size, args.payload, args.fsync
         )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")

@@ -4,7 +4,7 @@
 
     python -m benchmarks.run                  # every workload, 5 s each
     python -m benchmarks.run --quick          # smoke run, ~1 s each
-    python -m benchmarks.run --mosquitto      # mosquitto side by side (needs mqload)
+    python -m benchmarks.run --redis --nats --mosquitto   # peers side by side (need mqload)
     python -m benchmarks.run --compare-ref HEAD --server-arg=--cache-size=0
     python -m benchmarks.run --port 7100-7199  # only ports of that range
 
@@ -15,6 +15,12 @@ generator in ``../shared/loadgen``) when it is found (see
 :mod:`benchmarks.common`), and otherwise with a pure-Python asyncio driver,
 labelled ``python-driver`` in the output. It prints a table and writes the
 raw results as JSON (to ``benchmarks/results/`` by default).
+
+Peers (``--redis``, ``--nats``, ``--mosquitto``; each found on PATH or in
+/usr/sbin, skipped with a note when missing) run in the same invocation,
+alternating with mqcore within each workload, with persistence off; below
+the table, each peer's rate (and p99.9 latency) is given as a ratio of
+mqcore's, so a target such as "1->1 at least 0.55x Redis" reads off one run.
 """
 
 from __future__ import annotations
@@ -76,12 +82,21 @@ WORKLOADS: tuple[Workload, ...] = (
 
 @dataclass
 class Variant:
-    """A broker to measure: mqcore from some source tree, or mosquitto."""
+    """A broker to measure: mqcore from some source tree, or a peer's binary."""
 
     label: str
     proto: str
     env: dict[str, str] = field(default_factory=dict)
-    mosquitto: str | None = None
+    #: A peer's binary (redis-server, nats-server, mosquitto); None for mqcore.
+    peer: str | None = None
+
+
+#: Peer brokers: the option that asks for one, its binary, and mqload's protocol for it.
+PEERS: tuple[tuple[str, str, str], ...] = (
+    ("redis", "redis-server", "redis"),
+    ("nats", "nats-server", "nats"),
+    ("mosquitto", "mosquitto", "mqtt"),
+)
 
 
 # -- servers ------------------------------------------------------------------------
@@ -102,8 +117,8 @@ def start_server(
     variant: Variant, server_args: Sequence[str], workdir: Path, port: int
 ) -> Iterator[Server]:
     """Run the variant's broker on ``port`` (0: any free one); stop it (SIGTERM) on exit."""
-    if variant.mosquitto:
-        with _mosquitto(variant.mosquitto, workdir, port) as server:
+    if variant.peer:
+        with _peer(variant, workdir, port) as server:
             yield server
         return
     # cwd is a scratch dir, so `-m` does not import from wherever the runner was started.
@@ -116,25 +131,40 @@ def start_server(
         server.exit_status = launched.stop()
 
 
+def _peer_command(variant: Variant, workdir: Path, port: int) -> list[str]:
+    """The command line that runs a peer on ``port``, in memory, loopback only."""
+    assert variant.peer is not None
+    if variant.proto == "redis":
+        return [variant.peer, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                "--appendonly", "no", "--protected-mode", "no"]  # fmt: skip
+    if variant.proto == "nats":
+        return [variant.peer, "--addr", "127.0.0.1", "--port", str(port)]
+    conf = workdir / f"mosquitto-{port}.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n")
+    return [variant.peer, "-c", str(conf)]
+
+
 @contextlib.contextmanager
-def _mosquitto(binary: str, workdir: Path, port: int) -> Iterator[Server]:
-    """mosquitto does not report its port: pick a free one, wait until it accepts."""
+def _peer(variant: Variant, workdir: Path, port: int) -> Iterator[Server]:
+    """A peer does not report its port: pick a free one, wait until it accepts."""
     if port == 0:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = int(sock.getsockname()[1])
-    conf = workdir / f"mosquitto-{port}.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n")
-    proc = subprocess.Popen([binary, "-c", str(conf)], stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _peer_command(variant, workdir, port),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     server = Server(proc.pid, port, [])
     try:
         deadline = time.monotonic() + 15
         while True:
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"mosquitto did not listen on port {port}")
+                raise RuntimeError(f"{variant.label} did not listen on port {port}")
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
                 break
-            time.sleep(0.05)  # mosquitto has no readiness signal to wait on
+            time.sleep(0.05)  # the peers have no readiness signal to wait on
         yield server
     finally:
         proc.terminate()
@@ -193,7 +223,7 @@ def run_one(
     except (RuntimeError, ServerStartError, ValueError) as exc:
         return {**base, "ok": False, "error": str(exc)}
     result = {**base, **result, "port": server.port, "server_exit_status": server.exit_status}
-    if server.exit_status not in (0, None) and not variant.mosquitto:
+    if server.exit_status not in (0, None) and not variant.peer:
         result.setdefault("notes", []).append(f"server exited {server.exit_status}")
         result["server_log_tail"] = "\n".join(server.log[-20:])
     return result
@@ -231,6 +261,7 @@ def _row(r: dict[str, Any]) -> list[str]:
         _fmt(r.get("fanout_ms_median"), 1),
         _fmt(r.get("broker_kb_per_conn"), 1),
         _fmt(r.get("broker_cpu_pct"), 0),
+        _fmt(_per_cpu_second(r)),
         _fmt(r.get("other_cpu_pct"), 0),
         _fmt(hwm / 1024 if isinstance(hwm, (int, float)) else None, 1),
         status,
@@ -248,17 +279,28 @@ HEADER = [
     "fanout ms",
     "KB/conn",
     "CPU %",
+    "per CPU-s",
     "other %",
     "peak MB",
     "status",
 ]
 
 
+def _per_cpu_second(r: dict[str, Any]) -> float | None:
+    """The rate per second of the broker's CPU time: steadier than the rate on a busy machine."""
+    rate, cpu = _measure(r), r.get("broker_cpu_pct")
+    if rate is None or not isinstance(cpu, (int, float)) or cpu <= 0:
+        return None
+    return rate / (cpu / 100)
+
+
 def format_table(results: Sequence[dict[str, Any]]) -> str:
     """The results as a plain-text table.
 
     ``rate/s`` is deliveries per second (sends per second for ``latency``);
-    ``CPU %`` is the broker's (100 = one core); ``other %`` is the CPU that
+    ``CPU %`` is the broker's (100 = one core); ``per CPU-s`` the rate per
+    second of the broker's CPU time (its cost per message, which a busy
+    machine disturbs less than the rate); ``other %`` is the CPU that
     other processes on the machine used meanwhile (a disturbed run shows there).
     """
     rows = [HEADER, *(_row(r) for r in results)]
@@ -266,6 +308,73 @@ def format_table(results: Sequence[dict[str, Any]]) -> str:
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def _measure(r: dict[str, Any]) -> float | None:
+    rate = r.get("rate_achieved") if r.get("key") == "latency" else r.get("deliver_rate")
+    return float(rate) if r.get("ok") and isinstance(rate, (int, float)) else None
+
+
+def format_ratios(results: Sequence[dict[str, Any]]) -> str:
+    """mqcore against every other variant of the same workload, as ratios (mqcore / other).
+
+    Rates: above 1 means mqcore is faster. For ``latency`` the ratio is of
+    p99.9 latencies, for ``conns`` of the time a broadcast takes to reach every
+    subscriber (other / mqcore, so above 1 again means mqcore is better).
+    Empty when only mqcore ran.
+    """
+    lines: list[str] = []
+    for key in dict.fromkeys(r.get("key") for r in results):
+        rows = [r for r in results if r.get("key") == key]
+        ours = next((r for r in rows if r.get("variant") == "mqcore"), None)
+        if ours is None:
+            continue
+        for other in rows:
+            if other is ours:
+                continue
+            if key == "conns":
+                a, b, what = (
+                    ours.get("fanout_ms_median"),
+                    other.get("fanout_ms_median"),
+                    "fan-out ms",
+                )
+                ratio = (
+                    b / a
+                    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and a
+                    else None
+                )
+            elif key == "latency":
+                a, b, what = ours.get("p999_us"), other.get("p999_us"), "p99.9 latency"
+                ratio = (
+                    b / a
+                    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and a
+                    else None
+                )
+            else:
+                a, b, what = _measure(ours), _measure(other), "rate"
+                ratio = a / b if a is not None and b else None
+                ours_cpu, other_cpu = _per_cpu_second(ours), _per_cpu_second(other)
+                if ours_cpu is not None and other_cpu:
+                    what = f"rate (per CPU-s {ours_cpu / other_cpu:.2f}x)"
+            shown = "-" if ratio is None else f"{ratio:.2f}x"
+            lines.append(f"{key:<14} mqcore vs {other.get('variant')!s:<18} {what:<30} {shown}")
+    return "\n".join(["ratios (above 1: mqcore better)", *lines]) if lines else ""
+
+
+def _peers(args: argparse.Namespace, mqload: str | None) -> list[Variant]:
+    """The peers asked for, each found on PATH (or in /usr/sbin); a note for each missing."""
+    found: list[Variant] = []
+    for option, binary, proto in PEERS:
+        if not getattr(args, option):
+            continue
+        path = shutil.which(binary) or (
+            f"/usr/sbin/{binary}" if Path(f"/usr/sbin/{binary}").exists() else None
+        )
+        if path is None or mqload is None:
+            print(f"--{option} needs {binary} and mqload: skipped", file=sys.stderr)
+        else:
+            found.append(Variant(option, proto, peer=path))
+    return found
 
 
 def _raise_fd_limit(conns: int) -> int:
@@ -329,9 +438,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--build-mqload", action="store_true", help="build mqload with cargo when it is missing"
     )
-    parser.add_argument(
-        "--mosquitto", action="store_true", help="also run mosquitto (MQTT) side by side"
-    )
+    for option, binary, proto in PEERS:
+        parser.add_argument(
+            f"--{option}",
+            action="store_true",
+            help=f"also run {binary} ({proto} protocol) side by side (needs mqload)",
+        )
     parser.add_argument(
         "--compare-ref",
         action="append",
@@ -393,14 +505,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             variants.append(
                 Variant(f"mqcore@{ref}", "aiomemq", {"PYTHONPATH": str(_ref_tree(ref, workdir))})
             )
-        if args.mosquitto:
-            binary = shutil.which("mosquitto") or (
-                "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
-            )
-            if binary is None or mqload is None:
-                print("--mosquitto needs mosquitto and mqload: skipped", file=sys.stderr)
-            else:
-                variants.append(Variant("mosquitto", "mqtt", mosquitto=binary))
+        variants += _peers(args, mqload)
         for workload in workloads:
             # Variants alternate within a workload, so a noisy moment hits both alike.
             for variant in variants:
@@ -412,6 +517,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"{progress[0]} {progress[1]}: {progress[-1]}", file=sys.stderr, flush=True)
 
     print(format_table(results))
+    ratios = format_ratios(results)
+    if ratios:
+        print()
+        print(ratios)
     report = {
         "started": dt.datetime.now().isoformat(timespec="seconds"),
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},

@@ -201,12 +201,16 @@ class Commands(AckCommands):
         self._fail(conn, _STORAGE_UNAVAILABLE)
 
     def _send(self, conn: Connection, command: Send, line: bytes) -> None:
+        # The hot path: runs once per message. Attributes are read once into
+        # locals, and _emit() is inlined where it runs once per delivery.
         name = command.topic
+        delivery = command.delivery
         jobs = None
-        if self._acks.queues and command.delivery == "one":
+        acks = self._acks
+        if acks.queues and delivery == "one":
             # The topic has acknowledging subscribers: a job (see mqcore._acks).
-            jobs = self._acks.consuming(name)
-            if jobs is not None and not self._acks.has_room(len(line)):
+            jobs = acks.consuming(name)
+            if jobs is not None and not acks.has_room(len(line)):
                 self._fail(conn, _WORK_QUEUE_FULL)
                 return
         topic = self._topics.get(name)
@@ -229,16 +233,16 @@ class Commands(AckCommands):
         else:
             data = delivery_bytes(line, index)
         subscribers = topic.subscribers
-        patterns = self._table.patterns
+        table = self._table
+        patterns = table.patterns
         # Exact and pattern subscribers, each once; just the exact ones while
         # there is no pattern subscription (see mqcore._patterns).
         targets = patterns.targets(topic) if patterns.count else subscribers
         cache = command.cache and self._caching
         journal = self._journal
-        if command.delivery == "all":
-            dirty = self._dirty
+        dirty = self._dirty
+        if delivery == "all":
             for subscriber in targets:
-                # _emit(), inlined: this loop runs once per delivery.
                 out = subscriber.out
                 if out is None:
                     subscriber.out = [data]
@@ -246,8 +250,8 @@ class Commands(AckCommands):
                 else:
                     out.append(data)
         elif jobs is not None:
-            self._acks.add(jobs, index, data)
-            self._acks.dispatch(jobs)
+            acks.add(jobs, index, data)
+            acks.dispatch(jobs)
             cache = False
         elif targets:
             target = targets[self._pick(topic, len(targets))]
@@ -259,13 +263,12 @@ class Commands(AckCommands):
                 topic.waiting = True
             cache = False
         if cache:
-            table = self._table
-            table.cache_append(topic, Entry(index, command.delivery == "one", data, name))
+            table.cache_append(topic, Entry(index, delivery == "one", data, name))
             if table.cache_bytes > table.max_cache_bytes:
                 table.shrink()
         elif not subscribers and not topic.cache:
             # Nothing to keep: forget it (its index raises the floor).
-            self._table.forget(topic)
+            table.forget(topic)
         if journal is not None:
             # take_output() turns this into the topic's records for the batch.
             journal.sent(name, index)

@@ -213,17 +213,22 @@ class TopicTable:
         The caller then calls :meth:`shrink` if over ``max_cache_bytes``.
         """
         cache = topic.cache
-        if not cache and self.names is not None:
-            self.names.add(topic)
         if len(cache) == self.cache_size:
-            # The deque drops its oldest entry as this one goes in.
+            # The deque drops its oldest entry as this one goes in: the
+            # common case once a topic is busy, so _uncache() is inlined and
+            # the count of cached entries does not change.
             old = cache[0]
             if self._journal is not None:
                 self._journal.trimmed_below(topic.name, old.index)
-            self._uncache([old])
+            old.gone = True
+            self.cache_bytes += len(entry.data) - len(old.data)
+            old.data = b""
+        else:
+            if not cache and self.names is not None:
+                self.names.add(topic)
+            self.cached += 1
+            self.cache_bytes += len(entry.data)
         cache.append(entry)
-        self.cached += 1
-        self.cache_bytes += len(entry.data)
         order = self.order
         order.append(entry)
         if len(order) > 2 * self.cached + 1024:

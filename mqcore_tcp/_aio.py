@@ -79,9 +79,27 @@ class _Flusher:
 class AioConnection(asyncio.Protocol):
     """One connection on the asyncio path: feeds the hub, writes what it is owed."""
 
+    # No __dict__ (asyncio's protocol classes have empty __slots__): less memory per connection.
+    __slots__ = (
+        "_closing",
+        "_deadline",
+        "_durable",
+        "_eof",
+        "_refused",
+        "_resume",
+        "_tls",
+        "_unsent",
+        "cid",
+        "flusher",
+        "hub",
+        "transport",
+    )
+
     def __init__(self, hub: Hub, flusher: _Flusher) -> None:
         self.hub = hub
         self.flusher = flusher
+        # Only a durable hub can fall behind (its store): no check per read otherwise.
+        self._durable = hub.durable
         self.transport: asyncio.Transport | None = None
         self.cid = ConnectionId(-1)
         self._closing = False
@@ -120,7 +138,7 @@ class AioConnection(asyncio.Protocol):
         hub = self.hub
         hub.receive(self.cid, data)
         self.flusher.soon()
-        if self._resume is None and hub.backlogged(self.cid):
+        if self._durable and self._resume is None and hub.backlogged(self.cid):
             # The store is behind: stop reading, so TCP slows the sender.
             assert self.transport is not None
             self.transport.pause_reading()

@@ -31,8 +31,9 @@ lost with those bytes unsent, the list is discarded: the store still holds
 those messages, and they are delivered again after a restart.
 
 Time for acknowledged delivery. The broker has no clock: the hub gives it
-the monotonic time before each read it feeds (a delivery's ack wait counts
-from it) and when a connection ends, and :meth:`Hub.run`'s timer task sleeps
+the monotonic time before the first read of each batch it feeds (a
+delivery's ack wait counts from it; a batch is handled within one loop
+turn) and when a connection ends, and :meth:`Hub.run`'s timer task sleeps
 until :meth:`mqcore.Broker.next_deadline`, then advances the broker and
 applies its output. A deadline earlier than the one the timer sleeps for
 (a nack with a short delay) wakes it: :meth:`Hub.flush` checks, once per batch.
@@ -46,9 +47,7 @@ warning per episode). Timeouts, heartbeats and credential checks are the
 from __future__ import annotations
 
 import logging
-import random
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable
 from typing import Final
@@ -63,6 +62,7 @@ from ._commit_strategies import committer_for
 from ._commit_timing import CommitTiming, TimedStore
 from ._config import ServerConfig, default_max_connections
 from ._connection import Connection
+from ._link import Link, new_broker
 from ._watch import Watch
 
 __all__ = ["SHUTDOWN_GRACE", "Hub"]
@@ -77,42 +77,6 @@ TICK: Final = 1.0
 _TOO_MANY_CONNECTIONS: Final = error_reply(Reason.TOO_MANY_CONNECTIONS)
 #: How every failure reply starts (mqcore.error_reply): a refused command.
 _REFUSAL: Final = b'{"success": false, "reason": '
-
-
-
-class _Link:
-    """The hub's side of one connection: the connection and what awaits its bytes."""
-
-    __slots__ = (
-        "beat",
-        "born",
-        "confirms",
-        "conn",
-        "heard",
-        "heartbeat",
-        "partial_since",
-        "peer",
-        "since",
-        "user",
-        "written",
-    )
-
-    def __init__(self, conn: Connection, peer: str, now: int) -> None:
-        self.conn = conn
-        self.peer = peer
-        self.since = time.time()  # wall clock, for /api/connections
-        # Ticks of the Watch (see _watch): when it was accepted, last read
-        # from, last sent a heartbeat, and since when it holds a partial line (-1: none).
-        self.born = self.heard = self.beat = now
-        self.partial_since = -1
-        # The agreed heartbeat interval in ticks (0: none).
-        self.heartbeat = 0
-        # The user it authenticated as (a name, never a secret).
-        self.user: str | None = None
-        # Bytes ever written to the connection.
-        self.written = 0
-        # (bytes written when they came, after-write records), oldest first.
-        self.confirms: deque[tuple[int, list[Record]]] = deque()
 
 
 class Hub:
@@ -137,7 +101,7 @@ class Hub:
         self.max_queued_bytes: Final = config.max_queued_bytes
         self.max_connections: Final = config.max_connections or default_max_connections()
         self.broker: Final = (
-            broker if broker is not None else _new_broker(config, store, auth is not None)
+            broker if broker is not None else new_broker(config, store, auth is not None)
         )
         #: Commit durations, for /metrics (durable only).
         self.commit_timing = CommitTiming()
@@ -148,13 +112,15 @@ class Hub:
                 TimedStore(store, self.commit_timing), self._apply, self._storage_changed
             )
         )
-        self._links: dict[ConnectionId, _Link] = {}
+        self._links: dict[ConnectionId, Link] = {}
         #: Every live connection, by id (the Watch's view).
         self.links: Final = self._links
         self._idle = anyio.Event()
         # The ack timer's wake-up: when it is due, and the event that wakes it sooner.
         self._wake_at = 0.0
         self._wake = anyio.Event()
+        # Whether the broker's clock must be advanced before the next read is fed.
+        self._clock_stale = True
         self.watch: Final = Watch(
             self,
             line_timeout=config.line_timeout,
@@ -182,7 +148,7 @@ class Hub:
         and closed once that is written.
         """
         cid = self.broker.open_connection()
-        link = self._links[cid] = _Link(conn, peer, self.watch.now)
+        link = self._links[cid] = Link(conn, peer, self.watch.now)
         log.debug("connection %d from %s", cid, peer)
         if len(self._links) > self.max_connections:
             if not self._crowded:
@@ -205,12 +171,17 @@ class Hub:
             if link.partial_since >= 0 and b"\n" in data:
                 link.partial_since = -1  # that line ended (the Watch looks again)
         broker = self.broker
-        broker.advance(time.monotonic())
+        if self._clock_stale:
+            # Once per batch of reads, not per read: the reads of one batch
+            # are handled within one loop turn, microseconds apart.
+            self._clock_stale = False
+            broker.advance(time.monotonic())
         broker.receive_data(cid, data)
 
     def flush(self) -> None:
         """Apply (through the commit pipeline, if durable) everything the broker produced."""
         broker = self.broker
+        self._clock_stale = True
         output = broker.take_output()
         if output.hellos:
             self.watch.hellos(output.hellos)
@@ -380,10 +351,13 @@ class Hub:
                 link = links.get(cid)
                 if link is None:
                     continue  # its bytes never left: the store keeps the messages
-                link.confirms.append((link.written, records))
+                confirms = link.confirms
+                if confirms is None:
+                    confirms = link.confirms = deque()
+                confirms.append((link.written, records))
                 self._confirm(link)
 
-    def _write_in_pieces(self, cid: ConnectionId, link: _Link, chunks: list[bytes]) -> None:
+    def _write_in_pieces(self, cid: ConnectionId, link: Link, chunks: list[bytes]) -> None:
         """Write more than ``max_queued_bytes`` without ever joining more than that."""
         cap = self.max_queued_bytes
         piece: list[bytes] = []
@@ -401,28 +375,30 @@ class Hub:
         if link.conn.write(piece) > cap:
             self._overflow(cid, link)
 
-    def _confirm(self, link: _Link) -> None:
+    def _confirm(self, link: Link) -> None:
         """Store the after-write records whose bytes have left."""
-        sent = link.written - link.conn.queued
         confirms = link.confirms
+        if not confirms:
+            return
+        sent = link.written - link.conn.queued
         ready: list[Record] = []
         while confirms and confirms[0][0] <= sent:
             ready += confirms.popleft()[1]
         if ready and self._committer is not None:
             self._committer.store_later(ready)
 
-    def write(self, cid: ConnectionId, link: _Link, chunks: list[bytes]) -> None:
+    def write(self, cid: ConnectionId, link: Link, chunks: list[bytes]) -> None:
         """Write ``chunks`` to ``cid`` outside any output (refusals, heartbeats)."""
         link.written += sum(map(len, chunks))
         if link.conn.write(chunks) > self.max_queued_bytes:
             self._overflow(cid, link)
 
-    def drop(self, cid: ConnectionId, link: _Link, why: str) -> None:
+    def drop(self, cid: ConnectionId, link: Link, why: str) -> None:
         """Close ``cid`` now (a timeout), saying why in the log."""
         log.info("connection %d from %s: closed: %s", cid, link.peer, why)
         self._drop(cid, link)
 
-    def _overflow(self, cid: ConnectionId, link: _Link) -> None:
+    def _overflow(self, cid: ConnectionId, link: Link) -> None:
         self.slow_consumer_disconnects += 1
         log.warning(
             "connection %d from %s: disconnected, %d bytes queued exceed the limit of %d "
@@ -434,13 +410,13 @@ class Hub:
         )
         self._drop(cid, link)
 
-    def _drop(self, cid: ConnectionId, link: _Link) -> None:
+    def _drop(self, cid: ConnectionId, link: Link) -> None:
         if self._links.pop(cid, None) is None:
             return
         self._forget(cid, link)
         link.conn.abort()
 
-    def _forget(self, cid: ConnectionId, link: _Link) -> None:
+    def _forget(self, cid: ConnectionId, link: Link) -> None:
         self.broker.connection_lost(cid)
         if link.confirms:
             self._confirm(link)  # what did leave
@@ -453,31 +429,3 @@ class Hub:
             link.confirms.clear()
         if not self._links:
             self._idle.set()
-
-
-def _new_broker(config: ServerConfig, store: Store | None, auth: bool) -> Broker:
-    snapshot = None if store is None else store.load()
-    broker = Broker(
-        cache_size=config.cache_size,
-        max_line_bytes=config.max_line_bytes,
-        max_topics=config.max_topics,
-        max_topic_bytes=config.max_topic_bytes,
-        max_cache_bytes=config.max_cache_bytes,
-        choose=random.Random().randrange,
-        durable=snapshot is not None,
-        # In memory, numbering starts from 0 at every start: a new epoch.
-        epoch=uuid.uuid4().hex if snapshot is None else snapshot.epoch,
-        ack_wait=config.ack_wait,
-        max_deliver=config.max_deliver,
-        auth=auth,
-    )
-    broker.advance(time.monotonic())
-    if store is not None and snapshot is not None:
-        broker.restore(snapshot.topics, snapshot.index_floor)
-        broker.restore_jobs(snapshot.jobs)
-        # Restoring may trim caches (a smaller cache size or byte budget than
-        # last run): store that first.
-        records = broker.take_output().records
-        if records:
-            store.apply(records)
-    return broker

@@ -1,7 +1,8 @@
 """The file-backed store: SQLite (standard library) in WAL mode, one file per data directory.
 
 The layout is in :mod:`._sql`, the chunk format and its checks in
-:mod:`._format`, what a batch writes in :mod:`._planner`. A commit writes,
+:mod:`._format`, what a batch writes in :mod:`._planner`, opening and checking
+the file in :mod:`._open`. A commit writes,
 per topic it touched, one chunk with that topic's new cached messages, and
 deletes (or rewrites) the chunks whose messages left, so disk use stays
 O(topics x cache size x message size), never the history. Chunks rather than
@@ -50,7 +51,7 @@ import sqlite3
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Final, Literal, get_args
+from typing import Final
 
 from mqcore import CacheAdd, NextIndex, Record, Snapshot, StoreError, StoreUnavailable
 
@@ -58,17 +59,22 @@ from . import _salvage
 from ._format import checksum, parse_message, split_chunk
 from ._jobs import CREATE_JOBS, load_jobs, plan_jobs, split_jobs
 from ._load import read_store
+from ._open import (
+    FSYNC_MODES,
+    Damaged,
+    FsyncMode,
+    check_schema,
+    classify_error,
+    connect,
+)
 from ._planner import Mirror, WritePlan, plan
 from ._sql import (
-    APPLICATION_ID,
     INSERT_CHUNK,
-    SCHEMA_VERSION,
     UPSERT_TOPIC,
     create_schema,
     delete_chunks,
     execute_rows,
     is_transient,
-    migrate,
     transaction,
 )
 from ._state_file import StateFile
@@ -77,20 +83,10 @@ __all__ = ["DEFAULT_FSYNC", "FSYNC_MODES", "STORE_FILE", "FsyncMode", "SQLiteSto
 
 log = logging.getLogger("mqcore_tcp.store")
 
-FsyncMode = Literal["always", "batch", "off"]
-FSYNC_MODES: Final[tuple[FsyncMode, ...]] = get_args(FsyncMode)
 #: Survives SIGKILL of the server without an fsync per commit.
 DEFAULT_FSYNC: Final[FsyncMode] = "batch"
 #: The store's file name inside a data directory.
 STORE_FILE: Final = "mqcore.db"
-#: The write-ahead log is truncated back to this after a checkpoint that let it grow past it.
-WAL_SIZE_LIMIT: Final = 16 << 20
-
-_SYNCHRONOUS: Final[dict[FsyncMode, str]] = {"always": "FULL", "batch": "NORMAL", "off": "OFF"}
-
-
-class _Damaged(Exception):
-    """The file is an mqcore store, but cannot be read as it is: salvage it."""
 
 
 class SQLiteStore:
@@ -149,96 +145,20 @@ class SQLiteStore:
         if self.path.exists() and not self.path.is_file():
             raise StoreError(f"store {self.path}: not a regular file")
         try:
-            conn = self._connect(self.path)
+            conn = connect(self.path, self.fsync)
             try:
-                self._check(conn)
+                self._created = check_schema(conn, self.path)
             except BaseException:
                 conn.close()
                 raise
-        except _Damaged as exc:
+        except Damaged as exc:
             return self._salvage(str(exc))
         except sqlite3.Error as exc:
-            error = self._error(exc)
-            if isinstance(error, _Damaged):
+            error = classify_error(self.path, exc)
+            if isinstance(error, Damaged):
                 return self._salvage(str(exc))
             raise error from None
         return conn
-
-    def _error(self, exc: sqlite3.Error) -> StoreError | _Damaged:
-        """Classify an error met while opening: in use, not ours, damaged (ours), or other."""
-        text = str(exc)
-        if "locked" in text or "busy" in text:
-            # Never touch a file another process holds, however it looks.
-            return StoreError(f"store {self.path} is in use by another process ({text})")
-        damaged = "malformed" in text or "corrupt" in text or "not a database" in text
-        if damaged and _salvage.is_ours(self.path):
-            return _Damaged(text)
-        if damaged and _salvage.has_sqlite_magic(self.path):
-            return StoreError(
-                f"store {self.path} is damaged beyond repair ({text}); move it away to start empty"
-            )
-        if damaged:
-            return StoreError(
-                f"store {self.path} is not an mqcore store ({text}); move it away to start empty"
-            )
-        return StoreError(f"store {self.path}: {_salvage.one_line(text)}")
-
-    def _connect(self, path: Path) -> sqlite3.Connection:
-        # isolation_level=None: we issue BEGIN/COMMIT ourselves. The server
-        # calls apply() from a worker thread, one call at a time.
-        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=0)
-        try:
-            # EXCLUSIVE: hold the file lock for as long as we run, so a second
-            # server on the same directory fails at once instead of both
-            # numbering messages; it also keeps the WAL index in memory.
-            conn.execute("PRAGMA locking_mode = EXCLUSIVE")
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()
-            if mode is None or str(mode[0]).lower() != "wal":
-                raise StoreError(f"store {path}: cannot enable WAL mode (got {mode})")
-            conn.execute(f"PRAGMA synchronous = {_SYNCHRONOUS[self.fsync]}")
-            if self.fsync == "always":
-                # macOS: fsync() alone does not flush the disk's cache.
-                conn.execute("PRAGMA fullfsync = ON")
-                conn.execute("PRAGMA checkpoint_fullfsync = ON")
-            conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
-            # Take the write lock now: a second server fails here, not on its first message.
-            conn.execute("BEGIN IMMEDIATE")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.close()
-            raise
-        return conn
-
-    def _check(self, conn: sqlite3.Connection) -> None:
-        """Create the schema in a new file, migrate an old one; raise _Damaged or StoreError."""
-        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_schema")}
-        if app_id == 0 and not tables:
-            create_schema(conn, uuid.uuid4().hex)
-            self._created = True
-            return
-        if app_id != APPLICATION_ID:
-            raise StoreError(
-                f"store {self.path} is not an mqcore store (an SQLite file of another "
-                "application); move it away or choose another --data-dir"
-            )
-        if version > SCHEMA_VERSION:
-            raise StoreError(
-                f"store {self.path} was written by a newer mqcore (schema {version}, "
-                f"this one reads {SCHEMA_VERSION})"
-            )
-        if not {"meta", "topics", "cache"} <= tables:
-            raise _Damaged("tables are missing")
-        try:
-            problems = [str(row[0]) for row in conn.execute("PRAGMA quick_check")]
-        except sqlite3.DatabaseError as exc:
-            raise _Damaged(str(exc)) from None
-        if problems != ["ok"]:
-            raise _Damaged("\n".join(problems))
-        if version < SCHEMA_VERSION:
-            migrate(conn, version)
-            log.info("store %s: upgraded from schema %d to %d", self.path, version, SCHEMA_VERSION)
 
     def _read_meta(self) -> tuple[str, int]:
         try:
@@ -425,7 +345,7 @@ class SQLiteStore:
         log.warning("store %s is damaged (%s); a copy is kept as %s", self.path, reason, aside)
         try:
             _salvage.remove_files(self.path)
-            conn = self._connect(self.path)
+            conn = connect(self.path, self.fsync)
             self._epoch = uuid.uuid4().hex
             create_schema(conn, self._epoch)
         except OSError as exc:
