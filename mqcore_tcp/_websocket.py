@@ -110,6 +110,15 @@ class WebSocketConnection:
     def queued(self) -> int:
         return self._queued
 
+    @property
+    def holds_partial_frame(self) -> bool:
+        """Part of a frame or message came and not its end (the Watch times it as a line).
+
+        Seen while frames are split here and for fragmented messages; a
+        partial frame inside wsproto (after a frame of another kind) is not.
+        """
+        return bool(self._pending) or self._message_bytes > 0
+
     def write(self, chunks: list[bytes]) -> int:
         self._queue += chunks
         self._queued += sum(map(len, chunks))
