@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -201,3 +202,23 @@ def test_credentials_never_show_in_reprs() -> None:
     assert "pw" not in repr(Hello(user="u", password="pw"))
     assert "tok" not in repr(Hello(token="tok"))
     assert "pw" not in repr(parse_url("mqcore://u:pw@h"))
+
+
+@pytest.mark.anyio
+@BOTH_BACKENDS
+async def test_listening_beyond_loopback_without_auth_is_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="mqcore_tcp")
+    async with in_process(listen=("mqcore://127.0.0.1:0", f"unix://{tmp_path}/mq.sock")):
+        pass
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    users = str(write_auth(tmp_path / "users.toml", USERS))
+    async with in_process(listen=("mqcore://0.0.0.0:0",), auth=users):
+        pass
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    async with in_process(listen=("mqcore://0.0.0.0:0", "http://0.0.0.0:0")):
+        pass
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 2
+    assert all("--auth is not set" in message for message in warned)

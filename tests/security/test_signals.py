@@ -79,14 +79,20 @@ def stopped(server: ServerProcess) -> Iterator[None]:
 
 
 @BOTH_BACKENDS
-async def test_a_heartbeat_client_finds_a_frozen_server_dead_and_reconnects() -> None:
+async def test_a_heartbeat_client_finds_a_frozen_server_dead_and_reconnects(
+    tmp_path: Path,
+) -> None:
+    # With --auth: the reconnected client's sends are accepted, so it sent its credentials again.
+    users = write_auth(tmp_path / "users.toml", USERS)
     lost = anyio.Event()
     back = anyio.Event()
     async with (
-        server_process() as server,
+        server_process("--auth", str(users)) as server,
         mqcore_client.connect(
             "127.0.0.1",
             server.port,
+            user="alice",
+            password="wonderland",
             heartbeat=1.0,
             reconnect=True,
             connect_timeout=2.0,
@@ -94,14 +100,14 @@ async def test_a_heartbeat_client_finds_a_frozen_server_dead_and_reconnects() ->
             on_reconnect=back.set,
         ) as client,
     ):
-        await client.send("t", "before")
+        await client.send("alerts", "before")
         with stopped(server):
             # The agreed interval plus the client's margin: never the OS's minutes.
             with anyio.fail_after(4):
                 await lost.wait()
         with anyio.fail_after(15):
             await back.wait()
-        await client.send("t", "after")
+        await client.send("alerts", "after")
 
 
 @BOTH_BACKENDS
