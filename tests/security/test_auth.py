@@ -71,16 +71,18 @@ async def test_wrong_credentials_fail_then_the_connection_closes(
     tmp_path: Path, transport: str
 ) -> None:
     async with auth_server(tmp_path, transport) as (_, open_client):
-        for hello in (
-            {**ALICE, "password": "guess"},
-            {"command": "hello", "user": "nobody", "password": "x"},
-            {"command": "hello", "token": "wrong"},
-        ):
+
+        async def refused(hello: dict[str, str]) -> None:
             async with await open_client() as client:
                 started = anyio.current_time()
                 assert await client.request(hello) == AUTH_FAILED
                 assert anyio.current_time() - started >= 0.9  # the delay that slows guessing
                 assert await client.closed()
+
+        async with anyio.create_task_group() as tg:  # each on its own connection, at once
+            tg.start_soon(refused, {**ALICE, "password": "guess"})
+            tg.start_soon(refused, {"command": "hello", "user": "nobody", "password": "x"})
+            tg.start_soon(refused, {"command": "hello", "token": "wrong"})
 
 
 @pytest.mark.anyio
