@@ -85,8 +85,8 @@ class Guarded(Commands):
         """Grant ``cid`` new permissions (a client certificate, a reloaded file), or end it.
 
         ``None`` closes the connection (its user is gone). New permissions
-        replace the cached answers, and subscriptions they no longer allow
-        are dropped at once.
+        replace the cached answers, and subscriptions they no longer allow,
+        exact and pattern ones, are dropped at once.
         """
         conn = self._connections.get(cid)
         if conn is None or conn.closing:
@@ -100,6 +100,13 @@ class Guarded(Commands):
             topic = self._topics.get(name)
             if topic is not None:
                 self._table.unsubscribe(topic, conn)
+        # Pattern subscriptions too: `orders.*` is checked as the pattern it is
+        # (may_subscribe covers patterns), so a user restricted to `orders.eu`
+        # no longer receives `orders.us` through it.
+        patterns = self._table.patterns
+        for pattern in sorted(patterns.by_connection.get(conn, ())):
+            if not grant.may_subscribe(pattern):
+                patterns.unsubscribe(conn, pattern)
 
     def authenticated(self, cid: ConnectionId) -> bool:
         """Whether ``cid`` may act (always true without ``auth``)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ssl
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import replace
 from functools import partial
 
 import anyio
@@ -78,7 +79,7 @@ def connect(
     waits for the replies to everything published (:meth:`Client.flush`,
     whose errors it raises).
 
-    ``mqcores://`` URLs connect over TLS, verifying the server with ``ssl``
+    ``mqcores://`` and ``wss://`` URLs connect over TLS, verifying the server with ``ssl``
     (default: :func:`ssl.create_default_context`). ``token``, or ``user`` and
     ``password`` (also ``mqcore://user:password@host``), authenticate in
     every connection's ``hello``; refused credentials raise
@@ -116,6 +117,9 @@ def resolve(host: str, port: int | None) -> Address:
     if "://" in host or host.startswith("unix:"):
         if port is not None:
             raise ValueError("give either a URL or a host and a port, not both")
+        if host[:6].lower() == "wss://":
+            # ws:// over TLS: the WebSocket stream (_ws) sees the wss:// URL.
+            return replace(parse_url("ws://" + host[6:]), tls=True, websocket=host)
         return parse_url(host)
     return Address(host=host, port=DEFAULT_PORT if port is None else port)
 

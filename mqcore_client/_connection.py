@@ -52,7 +52,7 @@ async def open_stream(
     """
     try:
         if address.websocket is not None:
-            return await connect_ws(address.websocket)
+            return await connect_ws(address.websocket, ssl_context)
         if address.path is not None:
             return await anyio.connect_unix(address.path)
         if address.tls:

@@ -1,5 +1,9 @@
 """``ws://HOST:PORT/PATH``: the mqcore protocol over a WebSocket, as a byte stream for the client.
 
+``wss://HOST:PORT/PATH`` is the same over TLS (a server's ``https://``
+listener), verifying the server with the given context (default:
+:func:`ssl.create_default_context`, so the system's CAs and the host name).
+
 Theory of operation. :class:`WebSocketByteStream` is an
 :class:`anyio.abc.ByteStream`, so the client's line protocol runs over it
 unchanged: :meth:`~WebSocketByteStream.send` turns each command line into one
@@ -15,6 +19,7 @@ URL call ``await connect_ws(url)`` instead of ``anyio.connect_tcp(host, port)``.
 
 from __future__ import annotations
 
+import ssl
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -40,7 +45,7 @@ MAX_HANDSHAKE = 64 << 10
 class WebSocketByteStream(anyio.abc.ByteStream):
     """A byte stream of mqcore lines carried as WebSocket text frames."""
 
-    def __init__(self, stream: anyio.abc.SocketStream, ws: WSConnection) -> None:
+    def __init__(self, stream: anyio.abc.ByteStream, ws: WSConnection) -> None:
         self.stream = stream
         self.ws = ws
         self._text: list[str] = []  # the message under way
@@ -97,13 +102,27 @@ class WebSocketByteStream(anyio.abc.ByteStream):
         await self.stream.aclose()
 
 
-async def connect_ws(url: str) -> WebSocketByteStream:
-    """Open ``ws://HOST:PORT/PATH`` (path default ``/ws``); raises :class:`OSError` if refused."""
+async def connect_ws(url: str, ssl_context: ssl.SSLContext | None = None) -> WebSocketByteStream:
+    """Open ``ws://`` or ``wss://HOST:PORT/PATH`` (path default ``/ws``).
+
+    Raises :class:`OSError` if refused, :class:`ssl.SSLError` (an ``OSError``)
+    if a ``wss://`` server's certificate does not verify with ``ssl_context``.
+    """
     parts = urlsplit(url)
-    if parts.scheme != "ws" or not parts.hostname:
-        raise ValueError(f"{url!r}: expected ws://HOST:PORT/PATH")
-    port = parts.port or 80
-    stream = await anyio.connect_tcp(parts.hostname, port)
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise ValueError(f"{url!r}: expected ws://HOST:PORT/PATH or wss://HOST:PORT/PATH")
+    secure = parts.scheme == "wss"
+    port = parts.port or (443 if secure else 80)
+    stream: anyio.abc.ByteStream
+    if secure:
+        stream = await anyio.connect_tcp(
+            parts.hostname,
+            port,
+            ssl_context=ssl_context or ssl.create_default_context(),
+            tls_standard_compatible=False,
+        )
+    else:
+        stream = await anyio.connect_tcp(parts.hostname, port)
     try:
         ws = WSConnection(ConnectionType.CLIENT)
         target = (parts.path or "/ws") + (f"?{parts.query}" if parts.query else "")

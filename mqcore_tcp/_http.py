@@ -1,5 +1,11 @@
 """The HTTP listener: ``http://HOST:PORT`` serves health, metrics, the API, the console and ``/ws``.
 
+``https://HOST:PORT`` is the same over TLS (``--tls-cert``/``--tls-key``;
+``--tls-client-ca`` requires client certificates): each connection's task
+does the handshake first, bounded as ``_tls`` says, so a plaintext or
+stalled peer costs one task for at most ``HANDSHAKE_TIMEOUT`` and never
+reaches the hub.
+
 Theory of operation. One anyio task per HTTP connection (on asyncio and trio
 alike: the web side needs no fast path) drives an h11 state machine
 (sans-I/O, like the broker): read until h11 has a request, answer it with the
@@ -24,6 +30,7 @@ Errors are logged at debug level with the peer, never as tracebacks.
 from __future__ import annotations
 
 import logging
+import ssl
 from typing import Final
 from urllib.parse import SplitResult
 
@@ -35,6 +42,7 @@ from anyio.abc import SocketAttribute
 from ._accept import AcceptBackoff, keep_alive, out_of_descriptors, peer_name
 from ._hub import Hub
 from ._site import Page, Site, json_page
+from ._tls import handshake
 from ._websocket import accept_upgrade, serve_websocket
 
 __all__ = [
@@ -73,14 +81,18 @@ _REASONS: Final = {
 }
 
 
-async def open_http(url: SplitResult) -> HTTPListening:
-    """Listen on ``url``'s host (default 127.0.0.1) and port (default 8222; 0: any free one)."""
+async def open_http(url: SplitResult, tls: ssl.SSLContext | None = None) -> HTTPListening:
+    """Listen on ``url``'s host (default 127.0.0.1) and port (default 8222; 0: any free one).
+
+    With ``tls``, every connection is HTTPS (``https://``).
+    """
     host = url.hostname or "127.0.0.1"
     port = 8222 if url.port is None else url.port
     listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
     port = listener.listeners[0].extra(SocketAttribute.local_port)
     shown = f"[{host}]" if ":" in host else host
-    listening = HTTPListening(listener, f"http://{shown}:{port}", port)
+    scheme = "http" if tls is None else "https"
+    listening = HTTPListening(listener, f"{scheme}://{shown}:{port}", port, tls)
     listening.host = host  # beyond loopback without --auth: the server warns
     return listening
 
@@ -89,9 +101,14 @@ class HTTPListening:
     """A bound HTTP listener (see the module docstring)."""
 
     def __init__(
-        self, listener: anyio.abc.Listener[anyio.abc.SocketStream], name: str, port: int
+        self,
+        listener: anyio.abc.Listener[anyio.abc.SocketStream],
+        name: str,
+        port: int,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.name = name
+        self.tls = tls
         self.port: int | None = port
         self.host: str | None = None
         self._listener = listener
@@ -125,10 +142,23 @@ class HTTPListening:
             except OSError:
                 await stream.aclose()
                 continue
-            task_group.start_soon(HTTPConnection(site, stream, peer).serve)
+            task_group.start_soon(_serve_connection, site, stream, peer, self.tls)
 
     async def aclose(self) -> None:
         await self._listener.aclose()
+
+
+async def _serve_connection(
+    site: Site, stream: anyio.abc.ByteStream, peer: str, tls: ssl.SSLContext | None
+) -> None:
+    """One accepted connection: its TLS handshake (``https://``), then its requests."""
+    identity = None
+    if tls is not None:
+        secured = await handshake(stream, tls, peer)
+        if secured is None:
+            return
+        stream, identity = secured
+    await HTTPConnection(site, stream, peer, identity).serve()
 
 
 def _raw_response(status: int, page: Page) -> bytes:
@@ -146,10 +176,14 @@ def _raw_response(status: int, page: Page) -> bytes:
 class HTTPConnection:
     """One HTTP connection: requests in, pages out, until either side is done."""
 
-    def __init__(self, site: Site, stream: anyio.abc.SocketStream, peer: str) -> None:
+    def __init__(
+        self, site: Site, stream: anyio.abc.ByteStream, peer: str, identity: str | None = None
+    ) -> None:
         self.site = site
         self.stream = stream
         self.peer = peer
+        #: The subject CN of a verified client certificate (mutual TLS), for ``/ws``.
+        self.identity = identity
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
         self._received = 0  # bytes of the request under way
 

@@ -3,7 +3,8 @@
 A new transport is one module with an ``async def open_X(url) -> Listening``
 (see ``_socket_listener.Listening``) and one line in :data:`TRANSPORTS`.
 ``mqcores://`` (TLS over TCP) is the TCP transport with the server's TLS
-context (see ``_tls``); opening one without a context is refused.
+context (see ``_tls``), ``https://`` the HTTP one; opening either without a
+context is refused.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ TRANSPORTS: dict[str, Opener] = {
     "tls": open_tcp,
     "unix": open_unix,
     "http": open_http,
+    "https": open_http,
 }
 
 
@@ -52,12 +54,15 @@ def parse_url(url: str) -> SplitResult:
 async def open_listener(url: str, tls: ssl.SSLContext | None = None) -> Listening:
     """Bind the listener ``url`` names (raises :class:`OSError` if it cannot be bound).
 
-    ``tls`` is the server's TLS context, used by ``mqcores://`` listeners
-    (:class:`ValueError` if one is asked for without it) and by no other.
+    ``tls`` is the server's TLS context, used by ``mqcores://`` and
+    ``https://`` listeners (:class:`ValueError` if one is asked for without
+    it) and by no other.
     """
     parts = parse_url(url)
     if parts.scheme in TLS_SCHEMES:
         if tls is None:
             raise ValueError(f"{url}: a TLS listener needs --tls-cert and --tls-key")
+        if parts.scheme == "https":
+            return await open_http(parts, tls)
         return await open_tcp(parts, tls)
     return await TRANSPORTS[parts.scheme](parts)

@@ -19,18 +19,35 @@ Rules (and where mqcore chooses):
   Neither is registered with the hub, so neither counts against
   ``--max-connections`` nor reaches the broker; failures are logged at debug
   level only (a port scanner must not flood the log).
+- ``https://`` is the HTTP listener (console, API, metrics, ``/ws``) with
+  the same context, handshake bound and identity; ``wss://`` clients connect
+  there.
 - ``unix://`` listeners stay plaintext: the socket file's permissions guard them.
 """
 
 from __future__ import annotations
 
+import logging
 import ssl
 from typing import Final
 
-__all__ = ["HANDSHAKE_TIMEOUT", "TLS_SCHEMES", "TLSConfigError", "peer_identity", "server_context"]
+import anyio
+import anyio.abc
+from anyio.streams.tls import TLSAttribute, TLSStream
+
+__all__ = [
+    "HANDSHAKE_TIMEOUT",
+    "TLS_SCHEMES",
+    "TLSConfigError",
+    "handshake",
+    "peer_identity",
+    "server_context",
+]
+
+log = logging.getLogger("mqcore_tcp")
 
 #: URL schemes that serve TLS.
-TLS_SCHEMES: Final = frozenset({"mqcores", "tls"})
+TLS_SCHEMES: Final = frozenset({"mqcores", "tls", "https"})
 
 #: How long a TLS handshake may take before the connection is closed.
 HANDSHAKE_TIMEOUT: Final = 10.0
@@ -89,3 +106,23 @@ def peer_identity(cert: object) -> str | None:
             if name == "commonName" and isinstance(value, str):
                 return value
     return None
+
+
+async def handshake(
+    stream: anyio.abc.ByteStream, context: ssl.SSLContext, peer: str
+) -> tuple[TLSStream, str | None] | None:
+    """The server side of a TLS handshake on ``stream``: the TLS stream and the peer's identity.
+
+    None (``stream`` closed, logged at debug level) if the peer does not
+    complete a handshake within :data:`HANDSHAKE_TIMEOUT`.
+    """
+    try:
+        with anyio.fail_after(HANDSHAKE_TIMEOUT):
+            wrapped = await TLSStream.wrap(
+                stream, server_side=True, ssl_context=context, standard_compatible=False
+            )
+    except (TimeoutError, OSError, anyio.EndOfStream, anyio.BrokenResourceError) as exc:
+        log.debug("%s: TLS handshake failed: %r", peer, exc)
+        await anyio.aclose_forcefully(stream)
+        return None
+    return wrapped, peer_identity(wrapped.extra(TLSAttribute.peer_certificate))

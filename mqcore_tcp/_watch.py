@@ -10,7 +10,8 @@ connection is known to hold a partial line, looks for a newline.
   partial line (:meth:`mqcore.Broker.holds_partial_line`) notes the tick;
   a read with a newline clears it; a partial line noted ``line_timeout``
   ago closes the connection. So it closes between ``line_timeout`` and
-  ``line_timeout + TICK`` after the line began.
+  ``line_timeout + TICK`` after the line began. On a WebSocket a line is
+  a frame: a connection whose ``holds_partial_frame`` is true is timed alike.
 - **Authentication timeout** (``--auth``): a connection not authenticated
   ``auth_timeout`` after it was accepted is closed.
 - **Heartbeats** (opt-in in ``hello``): the server writes an empty line
@@ -93,7 +94,10 @@ class Watch:
         auth = self.auth is not None
         for cid, link in list(hub.links.items()):
             if link.partial_since < 0:
-                if broker.holds_partial_line(cid):
+                # A WebSocket's line is a frame: half a frame is a partial line too.
+                if broker.holds_partial_line(cid) or getattr(
+                    link.conn, "holds_partial_frame", False
+                ):
                     link.partial_since = now
             elif now - link.partial_since >= self.line_ticks:
                 hub.drop(cid, link, "a line was not finished within the line timeout")

@@ -102,6 +102,15 @@ class WebSocketConnection(QueuedWrites):
 
     # -- the hub's side ----------------------------------------------------------------
 
+    @property
+    def holds_partial_frame(self) -> bool:
+        """Part of a frame or message came and not its end (the Watch times it as a line).
+
+        Seen while frames are split here and for fragmented messages; a
+        partial frame inside wsproto (after a frame of another kind) is not.
+        """
+        return bool(self._pending) or self._message_bytes > 0
+
     # -- reading -----------------------------------------------------------------------
 
     async def read_loop(self, hub: Hub, cid: ConnectionId, initial: bytes) -> None:

@@ -12,6 +12,7 @@ import anyio
 import trustme
 from anyio.streams.buffered import BufferedByteReceiveStream
 
+from mqcore_client._ws import connect_ws
 from mqcore_tcp._auth import hash_secret
 
 #: Low scrypt cost for test users: the format and checks are the same, the tests fast.
@@ -101,6 +102,11 @@ class RawClient:
     async def unix(cls, path: str) -> RawClient:
         return cls(await anyio.connect_unix(path))
 
+    @classmethod
+    async def ws(cls, port: int) -> RawClient:
+        """Over an HTTP listener's ``/ws``: one frame per line, each reply a frame."""
+        return cls(await connect_ws(f"ws://127.0.0.1:{port}/ws"))
+
     async def write(self, *objs: Any) -> None:
         await self.stream.send(b"".join(json.dumps(o).encode() + b"\n" for o in objs))
 
@@ -131,3 +137,26 @@ class RawClient:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
+
+
+#: The listeners every rule is tested on.
+TRANSPORTS = ("tcp", "unix", "ws")
+
+
+def listen_on(directory: Path, transport: str) -> tuple[str, ...]:
+    """The one listener URL of ``transport`` (free port; a socket in ``directory``)."""
+    urls = {
+        "tcp": "mqcore://127.0.0.1:0",
+        "unix": f"unix://{directory}/mq.sock",
+        "ws": "http://127.0.0.1:0",
+    }
+    return (urls[transport],)
+
+
+async def open_raw(port: int, directory: Path, transport: str) -> RawClient:
+    """A raw client on the listener :func:`listen_on` made (``port``: the server's)."""
+    if transport == "tcp":
+        return await RawClient.tcp(port)
+    if transport == "ws":
+        return await RawClient.ws(port)
+    return await RawClient.unix(f"{directory}/mq.sock")

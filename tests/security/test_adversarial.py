@@ -1,9 +1,9 @@
 """Hostile peers against an exposed server: after each, a good client works and memory is back.
 
 Garbage and plaintext before the TLS handshake, an oversized TLS record,
-many failed logins at once, a crowd of slowloris connections, and
-connections past the limit. The server runs as a subprocess so that its
-resident memory can be read.
+many failed logins at once, a crowd of slowloris connections,
+connections past the limit and past the descriptor limit. The server runs
+as a subprocess so that its resident memory can be read.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import anyio
 import pytest
 
 from ..helpers import server_process
+from ..server.support import limit_open_files
 from ..wire import OK, fail, send
 from .support import USERS, RawClient, make_certs, write_auth
 
@@ -130,3 +131,32 @@ def test_tls_contexts_refuse_old_protocols(tmp_path: Path) -> None:
     certs = make_certs(tmp_path)
     context = server_context(str(certs.cert), str(certs.key))
     assert context.minimum_version == ssl.TLSVersion.TLSv1_2
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+async def test_past_the_descriptor_limit_an_authenticated_client_is_still_served(
+    tmp_path: Path, backend: str
+) -> None:
+    users = write_auth(tmp_path / "users.toml", USERS)
+    hello = {"command": "hello", "user": "alice", "password": "wonderland"}
+    # --max-connections above what 64 descriptors allow: the descriptors run out first.
+    args = ("--backend", backend, "--auth", str(users), "--max-connections", "1000")
+    async with server_process(*args, "--auth-timeout", "30") as server:
+        limit_open_files(server.process.pid, 64)
+        async with await RawClient.tcp(server.port) as served:
+            assert (await served.request(hello))["success"]
+            crowd = [await RawClient.tcp(server.port) for _ in range(120)]
+            try:
+                with anyio.fail_after(20):
+                    for i in range(30):
+                        assert await served.request(send("alerts", str(i))) == OK
+            finally:
+                for raw in crowd:
+                    await raw.aclose()
+        # Descriptors free again: a new client authenticates (scrypt in a worker) and is served.
+        with anyio.fail_after(20):
+            async with await RawClient.tcp(server.port) as late:
+                assert (await late.request(hello))["success"]
+                assert await late.request(send("alerts", "late")) == OK
+    assert not [row for row in server.log if "Traceback" in row]
+    assert [row for row in server.log if "accept" in row], "the descriptors never ran out"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -21,7 +22,7 @@ from mqcore_tcp._auth import AuthConfigError, AuthFile, verify_secret
 from ..conftest import BOTH_BACKENDS
 from ..helpers import in_process
 from ..wire import OK, delivered, fail, send, sub, unsub
-from .support import USERS, RawClient, write_auth
+from .support import TRANSPORTS, USERS, RawClient, listen_on, open_raw, write_auth
 
 AUTH_REQUIRED = fail("Authentication required")
 AUTH_FAILED = fail("Authentication failed")
@@ -35,21 +36,18 @@ async def auth_server(
 ) -> AsyncIterator[tuple[TCPServer, Any]]:
     """A server with --auth USERS; yields it and a function that opens a raw client."""
     path = write_auth(tmp_path / "users.toml", USERS)
-    sock = str(tmp_path / "mq.sock")
-    listen = ("mqcore://127.0.0.1:0",) if transport == "tcp" else (f"unix://{sock}",)
+    listen = listen_on(tmp_path, transport)
     async with in_process(auth=str(path), listen=listen, **options) as server:
 
         async def open_client() -> RawClient:
-            if transport == "tcp":
-                return await RawClient.tcp(server.port)
-            return await RawClient.unix(sock)
+            return await open_raw(server.port, tmp_path, transport)
 
         yield server, open_client
 
 
 @pytest.mark.anyio
 @BOTH_BACKENDS
-@pytest.mark.parametrize("transport", ["tcp", "unix"])
+@pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_commands_before_hello_need_authentication(tmp_path: Path, transport: str) -> None:
     async with auth_server(tmp_path, transport) as (_, open_client):  # noqa: SIM117 (the inner with uses its names)
         async with await open_client() as client:
@@ -68,27 +66,32 @@ async def test_commands_before_hello_need_authentication(tmp_path: Path, transpo
 
 @pytest.mark.anyio
 @BOTH_BACKENDS
-@pytest.mark.parametrize("transport", ["tcp", "unix"])
+@pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_wrong_credentials_fail_then_the_connection_closes(
     tmp_path: Path, transport: str
 ) -> None:
     async with auth_server(tmp_path, transport) as (_, open_client):
-        for hello in (
-            {**ALICE, "password": "guess"},
-            {"command": "hello", "user": "nobody", "password": "x"},
-            {"command": "hello", "token": "wrong"},
-        ):
+
+        async def refused(hello: dict[str, str]) -> None:
             async with await open_client() as client:
                 started = anyio.current_time()
                 assert await client.request(hello) == AUTH_FAILED
                 assert anyio.current_time() - started >= 0.9  # the delay that slows guessing
                 assert await client.closed()
 
+        async with anyio.create_task_group() as tg:  # each on its own connection, at once
+            tg.start_soon(refused, {**ALICE, "password": "guess"})
+            tg.start_soon(refused, {"command": "hello", "user": "nobody", "password": "x"})
+            tg.start_soon(refused, {"command": "hello", "token": "wrong"})
+
 
 @pytest.mark.anyio
 @BOTH_BACKENDS
-async def test_permissions_refuse_and_nothing_is_delivered_or_cached(tmp_path: Path) -> None:
-    async with auth_server(tmp_path) as (server, open_client):  # noqa: SIM117 (the inner with uses its names)
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_permissions_refuse_and_nothing_is_delivered_or_cached(
+    tmp_path: Path, transport: str
+) -> None:
+    async with auth_server(tmp_path, transport) as (server, open_client):  # noqa: SIM117 (the inner with uses its names)
         async with await open_client() as alice, await open_client() as bot:
             assert (await alice.request(ALICE))["success"]
             assert (await bot.request({"command": "hello", "token": "t0ken-s3cret"}))["success"]
@@ -130,8 +133,11 @@ async def test_the_client_authenticates_on_every_connection(tmp_path: Path) -> N
 
 @pytest.mark.anyio
 @BOTH_BACKENDS
-async def test_a_connection_that_does_not_authenticate_in_time_is_closed(tmp_path: Path) -> None:
-    async with auth_server(tmp_path, auth_timeout=1.0) as (_, open_client):  # noqa: SIM117 (the inner with uses its names)
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_connection_that_does_not_authenticate_in_time_is_closed(
+    tmp_path: Path, transport: str
+) -> None:
+    async with auth_server(tmp_path, transport, auth_timeout=1.0) as (_, open_client):  # noqa: SIM117 (the inner with uses its names)
         async with await open_client() as idle, await open_client() as good:
             assert (await good.request(ALICE))["success"]
             with anyio.fail_after(5):
@@ -198,3 +204,23 @@ def test_credentials_never_show_in_reprs() -> None:
     assert "pw" not in repr(Hello(user="u", password="pw"))
     assert "tok" not in repr(Hello(token="tok"))
     assert "pw" not in repr(parse_url("mqcore://u:pw@h"))
+
+
+@pytest.mark.anyio
+@BOTH_BACKENDS
+async def test_listening_beyond_loopback_without_auth_is_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="mqcore_tcp")
+    async with in_process(listen=("mqcore://127.0.0.1:0", f"unix://{tmp_path}/mq.sock")):
+        pass
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    users = str(write_auth(tmp_path / "users.toml", USERS))
+    async with in_process(listen=("mqcore://0.0.0.0:0",), auth=users):
+        pass
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    async with in_process(listen=("mqcore://0.0.0.0:0", "http://0.0.0.0:0")):
+        pass
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 2
+    assert all("--auth is not set" in message for message in warned)

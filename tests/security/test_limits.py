@@ -6,33 +6,25 @@ from pathlib import Path
 
 import anyio
 import pytest
+from wsproto.events import Message
 
 import mqcore_client
 from mqcore_client import ConnectError
 
 from ..conftest import BOTH_BACKENDS
 from ..helpers import in_process
+from ..web.support import WSClient
 from ..wire import OK, fail, send
-from .support import RawClient
+from .support import TRANSPORTS, RawClient, listen_on, open_raw
 
 pytestmark = [pytest.mark.anyio, BOTH_BACKENDS]
 
 
-def listen(tmp_path: Path, transport: str) -> tuple[str, ...]:
-    return ("mqcore://127.0.0.1:0",) if transport == "tcp" else (f"unix://{tmp_path}/mq.sock",)
-
-
-async def open_raw(port: int, tmp_path: Path, transport: str) -> RawClient:
-    if transport == "tcp":
-        return await RawClient.tcp(port)
-    return await RawClient.unix(f"{tmp_path}/mq.sock")
-
-
-@pytest.mark.parametrize("transport", ["tcp", "unix"])
+@pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_the_connection_past_the_limit_is_refused_and_others_are_served(
     tmp_path: Path, transport: str
 ) -> None:
-    async with in_process(listen=listen(tmp_path, transport), max_connections=2) as server:
+    async with in_process(listen=listen_on(tmp_path, transport), max_connections=2) as server:
         first = await open_raw(server.port, tmp_path, transport)
         second = await open_raw(server.port, tmp_path, transport)
         async with first, second:
@@ -66,7 +58,7 @@ async def test_the_client_reports_too_many_connections(tmp_path: Path) -> None:
 async def test_a_line_left_unfinished_past_the_timeout_closes_the_connection(
     tmp_path: Path, transport: str
 ) -> None:
-    async with in_process(listen=listen(tmp_path, transport), line_timeout=1.0) as server:
+    async with in_process(listen=listen_on(tmp_path, transport), line_timeout=1.0) as server:
         slow = await open_raw(server.port, tmp_path, transport)
         busy = await open_raw(server.port, tmp_path, transport)
         async with slow, busy:
@@ -85,11 +77,14 @@ async def test_a_line_left_unfinished_past_the_timeout_closes_the_connection(
             assert await busy.request(send("t", "after")) == OK
 
 
-async def test_a_silent_heartbeat_client_is_dropped_and_a_plain_one_is_not() -> None:
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_silent_heartbeat_client_is_dropped_and_a_plain_one_is_not(
+    tmp_path: Path, transport: str
+) -> None:
     async with (
-        in_process() as server,
-        await RawClient.tcp(server.port) as beating,
-        await RawClient.tcp(server.port) as plain,
+        in_process(listen=listen_on(tmp_path, transport)) as server,
+        await open_raw(server.port, tmp_path, transport) as beating,
+        await open_raw(server.port, tmp_path, transport) as plain,
     ):
         reply = await beating.request({"command": "hello", "heartbeat": 1})
         assert reply["heartbeat"] == 1.0
@@ -116,3 +111,17 @@ async def test_the_client_keeps_a_heartbeat_connection_alive() -> None:
         await client.send("t", "alive")
         assert client.server is not None
         assert client.server.heartbeat == 1.0
+
+
+async def test_a_websocket_frame_left_unfinished_past_the_line_timeout_closes_it() -> None:
+    # Over /ws a line is a frame: half a frame is the WebSocket slowloris.
+    async with in_process(listen=("http://127.0.0.1:0",), line_timeout=1.0) as server:
+        slow = await WSClient.open(server.port)
+        good = await RawClient.ws(server.port)
+        async with good:
+            frame = slow.ws.send(Message(data='{"command": "send", "topic": "t", "msg": "m"}'))
+            await slow.stream.send(frame[:10])
+            with anyio.fail_after(5):
+                await slow.until_closed()
+            assert await good.request(send("t", "after")) == OK
+        await slow.aclose()
