@@ -318,5 +318,7 @@ class HTTPConnection:
             await self.stream.send(accept)
         if scope.cancelled_caught:
             raise anyio.BrokenResourceError("the client did not take the upgrade in time")
-        await serve_websocket(self.site.hub, self.stream, self.peer, ws, bytes(trailing))
+        await serve_websocket(
+            self.site.hub, self.stream, self.peer, ws, bytes(trailing), self.identity
+        )
         return True

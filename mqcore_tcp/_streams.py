@@ -22,14 +22,13 @@ from typing import Final
 import anyio
 import anyio.abc
 from anyio.abc import SocketAttribute
-from anyio.streams.tls import TLSAttribute, TLSStream
 
 from mqcore import ConnectionId
 
 from ._accept import AcceptBackoff, keep_alive, peer_name
 from ._hub import Hub
 from ._queued_writes import QueuedWrites
-from ._tls import HANDSHAKE_TIMEOUT, peer_identity
+from ._tls import handshake
 
 __all__ = ["READ_SIZE", "StreamConnection", "serve_listener", "serve_stream"]
 
@@ -105,16 +104,10 @@ async def serve_stream(
     """
     identity = None
     if tls is not None:
-        try:
-            with anyio.fail_after(HANDSHAKE_TIMEOUT):
-                stream = await TLSStream.wrap(
-                    stream, server_side=True, ssl_context=tls, standard_compatible=False
-                )
-        except (TimeoutError, OSError, *_GONE) as exc:
-            log.debug("%s: TLS handshake failed: %r", peer, exc)
-            await anyio.aclose_forcefully(stream)
+        secured = await handshake(stream, tls, peer)
+        if secured is None:
             return
-        identity = peer_identity(stream.extra(TLSAttribute.peer_certificate))
+        stream, identity = secured
     conn = StreamConnection(stream, tls=tls is not None)
     cid = hub.connect(conn, peer, identity)
     try:

@@ -62,6 +62,8 @@ log = logging.getLogger("mqcore_tcp")
 READ_SIZE: Final = 256 << 10
 
 _GONE = (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError)
+
+
 def accept_upgrade(headers: list[tuple[bytes, bytes]], target: bytes) -> tuple[WSConnection, bytes]:
     """Check an upgrade request already parsed by h11; return wsproto's state and the 101 bytes.
 
@@ -253,10 +255,15 @@ async def serve_websocket(
     peer: str,
     ws: WSConnection,
     initial: bytes,
+    identity: str | None = None,
 ) -> None:
-    """Serve one upgraded connection (its 101 already sent) until it ends; closes the stream."""
+    """Serve one upgraded connection (its 101 already sent) until it ends; closes the stream.
+
+    ``identity`` is the user a verified client certificate names (``https://`` with
+    ``--tls-client-ca``), as on any other TLS listener.
+    """
     conn = WebSocketConnection(stream, ws, hub.broker.max_line_bytes)
-    cid = hub.connect(conn, peer)
+    cid = hub.connect(conn, peer, identity)
     try:
         with conn.scope:
             async with anyio.create_task_group() as tg:

@@ -72,6 +72,27 @@ async def test_a_client_certificate_stands_for_the_user_it_names(tmp_path: Path)
             assert reply == AUTH_FAILED
 
 
+async def test_a_client_certificate_stands_for_its_user_over_wss(tmp_path: Path) -> None:
+    certs = make_certs(tmp_path)
+    users = write_auth(tmp_path / "users.toml", {**USERS, "ops": OPS})
+    options: dict[str, Any] = {
+        "listen": ("https://127.0.0.1:0",),
+        "tls_cert": str(certs.cert),
+        "tls_key": str(certs.key),
+        "tls_client_ca": str(certs.ca_file),
+        "auth": str(users),
+    }
+    async with in_process(**options) as server:
+        url = f"wss://127.0.0.1:{server.port}/ws"
+        # No credentials: the certificate (CN=ops) is the user, on /ws as on mqcores://.
+        async with mqcore_client.connect(url, ssl=certs.client_cert(tmp_path, "ops")) as client:
+            await client.send("ops.ws", "by certificate")
+            with pytest.raises(mqcore_client.ServerError, match="Permission denied"):
+                await client.send("alerts", "not ops'")
+        assert server.broker.next_index("ops.ws") == 1
+        assert server.broker.next_index("alerts") == 0
+
+
 #: Every secret the scan below uses; none may show anywhere.
 SECRETS = ("wonderland", "t0ken-s3cret", "guess-0ne-s3cret", "wr0ng-t0ken-s3cret", "url-s3cret")
 
