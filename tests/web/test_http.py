@@ -124,7 +124,9 @@ async def test_keep_alive_serves_several_requests_and_the_console() -> None:
             data = await read_all(stream)
         assert data.count(b"HTTP/1.1 200 ") == 3
         assert b"<canvas" in data
-        head = await raw_request(web.http_port, b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n")
+        head = await raw_request(
+            web.http_port, b"HEAD / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
         assert head.startswith(b"HTTP/1.1 200 ")
         assert head.endswith(b"\r\n\r\n")
 
