@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from ._connection import ConnectionId
-from ._subjects import MULTI, SINGLE
+from ._subjects import MULTI, SINGLE, covers
 
 __all__ = [
     "GRANT_CACHE_SIZE",
@@ -94,24 +94,6 @@ class HelloRequest:
     cid: ConnectionId
     credentials: Credentials | None
     heartbeat: float | None
-
-
-def covers(allow: str, wanted: str) -> bool:
-    """Whether every topic that ``wanted`` (a topic or a pattern) matches, ``allow`` matches."""
-    if allow in (wanted, MULTI):
-        return True
-    have = allow.split(".")
-    want = wanted.split(".")
-    for i, token in enumerate(have):
-        if token == MULTI:
-            return len(want) > i
-        if i >= len(want):
-            return False
-        if want[i] == MULTI:
-            return False  # `wanted` reaches topics longer than `allow` can
-        if token != SINGLE and token != want[i]:
-            return False  # a literal covers only itself (not a `*` in `wanted`)
-    return len(want) == len(have)
 
 
 def overlaps(deny: str, wanted: str) -> bool:

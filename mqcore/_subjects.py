@@ -23,6 +23,7 @@ __all__ = [
     "MULTI",
     "MULTI_NOT_LAST",
     "SINGLE",
+    "covers",
     "is_pattern",
     "matches",
     "pattern_problem",
@@ -69,13 +70,26 @@ def matches(pattern: str, topic: str) -> bool:
     """
     if pattern == topic:
         return True
-    if not is_pattern(pattern):
-        return False
-    want = pattern.split(".")
-    have = topic.split(".")
-    for i, token in enumerate(want):
+    return is_pattern(pattern) and covers(pattern, topic)
+
+
+def covers(allow: str, wanted: str) -> bool:
+    """Whether every topic that ``wanted`` (a topic or a pattern) matches, ``allow`` matches.
+
+    For a plain ``wanted`` this is :func:`matches`; for a pattern, ``allow``
+    must reach at least as far at every token (permissions, ``mqcore._auth``).
+    """
+    if allow in (wanted, MULTI):
+        return True
+    have = allow.split(".")
+    want = wanted.split(".")
+    for i, token in enumerate(have):
         if token == MULTI:
-            return len(have) > i
-        if i >= len(have) or (token != SINGLE and token != have[i]):
+            return len(want) > i
+        if i >= len(want):
             return False
-    return len(have) == len(want)
+        if want[i] == MULTI:
+            return False  # `wanted` reaches topics longer than `allow` can
+        if token != SINGLE and token != want[i]:
+            return False  # a literal covers only itself (not a `*` in `wanted`)
+    return len(want) == len(have)

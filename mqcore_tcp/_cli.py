@@ -189,7 +189,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "this machine needs (see the README's Security section).",
     )
     exposure.add_argument(
-        "--tls-cert", metavar="FILE", help="certificate chain (PEM) for mqcores:// and https:// listeners"
+        "--tls-cert",
+        metavar="FILE",
+        help="certificate chain (PEM) for mqcores:// and https:// listeners",
     )
     exposure.add_argument("--tls-key", metavar="FILE", help="private key (PEM) of --tls-cert")
     exposure.add_argument(

@@ -152,12 +152,10 @@ async def _serve_connection(
     site: Site, stream: anyio.abc.ByteStream, peer: str, tls: ssl.SSLContext | None
 ) -> None:
     """One accepted connection: its TLS handshake (``https://``), then its requests."""
-    identity = None
-    if tls is not None:
-        secured = await handshake(stream, tls, peer)
-        if secured is None:
-            return
-        stream, identity = secured
+    secured = await handshake(stream, tls, peer)
+    if secured is None:
+        return
+    stream, identity = secured
     await HTTPConnection(site, stream, peer, identity).serve()
 
 

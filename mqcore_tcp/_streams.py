@@ -74,19 +74,7 @@ class StreamConnection(QueuedWrites):
         """Send what is owed, one write per wake-up; end the write side when closing."""
         stream = self.stream
         try:
-            while True:
-                if self._queue:
-                    # Bounded: the hub drops the connection past max_queued_bytes.
-                    data = b"".join(self._queue)
-                    self._queue = []
-                    await stream.send(data)
-                    self._queued -= len(data)
-                    hub.sent(cid)
-                elif self._closing:
-                    break
-                else:
-                    self._wake = anyio.Event()
-                    await self._wake.wait()
+            await self._send_owed(stream, hub, cid)
             if not self._tls:
                 await stream.send_eof()
                 await self._ended.wait()
@@ -102,12 +90,10 @@ async def serve_stream(
 
     Closes the stream.
     """
-    identity = None
-    if tls is not None:
-        secured = await handshake(stream, tls, peer)
-        if secured is None:
-            return
-        stream, identity = secured
+    secured = await handshake(stream, tls, peer)
+    if secured is None:
+        return
+    stream, identity = secured
     conn = StreamConnection(stream, tls=tls is not None)
     cid = hub.connect(conn, peer, identity)
     try:

@@ -109,13 +109,16 @@ def peer_identity(cert: object) -> str | None:
 
 
 async def handshake(
-    stream: anyio.abc.ByteStream, context: ssl.SSLContext, peer: str
-) -> tuple[TLSStream, str | None] | None:
+    stream: anyio.abc.ByteStream, context: ssl.SSLContext | None, peer: str
+) -> tuple[anyio.abc.ByteStream, str | None] | None:
     """The server side of a TLS handshake on ``stream``: the TLS stream and the peer's identity.
 
     None (``stream`` closed, logged at debug level) if the peer does not
-    complete a handshake within :data:`HANDSHAKE_TIMEOUT`.
+    complete a handshake within :data:`HANDSHAKE_TIMEOUT`. Without a
+    ``context`` (a plaintext listener): ``stream`` itself, and no identity.
     """
+    if context is None:
+        return stream, None
     try:
         with anyio.fail_after(HANDSHAKE_TIMEOUT):
             wrapped = await TLSStream.wrap(

@@ -220,26 +220,20 @@ class WebSocketConnection(QueuedWrites):
 
     # -- writing -----------------------------------------------------------------------
 
+    def _frame(self, chunks: list[bytes]) -> tuple[bytes, int]:
+        return text_frames(chunks)
+
+    def _urgent(self) -> bytes | None:
+        if not self._control:
+            return None
+        control, self._control = self._control, []
+        return b"".join(control)
+
     async def write_loop(self, hub: Hub, cid: ConnectionId) -> None:
         """Send what is owed, one send per wake-up; then the close frame; wait for the peer's."""
         stream = self.stream
         try:
-            while True:
-                if self._control:
-                    control, self._control = self._control, []
-                    await stream.send(b"".join(control))
-                elif self._queue:
-                    # Bounded: the hub drops the connection past max_queued_bytes.
-                    data, size = text_frames(self._queue)
-                    self._queue = []
-                    await stream.send(data)
-                    self._queued -= size
-                    hub.sent(cid)
-                elif self._closing:
-                    break
-                else:
-                    self._wake = anyio.Event()
-                    await self._wake.wait()
+            await self._send_owed(stream, hub, cid)
             if self.ws.state in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
                 code, reason = self._close
                 await stream.send(self.ws.send(CloseConnection(code=code, reason=reason)))
