@@ -45,7 +45,7 @@ class AckCommands:
     def _fail(self, conn: Connection, reply: bytes) -> None:
         raise NotImplementedError
 
-    def _create(self, conn: Connection, name: str) -> Topic | None:
+    def _join(self, conn: Connection, name: str) -> Topic | None:
         raise NotImplementedError
 
     def _send(self, conn: Connection, command: Send, line: bytes) -> None:
@@ -88,10 +88,9 @@ class AckCommands:
             # Its dead letters would have nowhere to go.
             self._fail(conn, _TOPIC_TOO_LONG)
             return
-        topic = self._topics.get(name) or self._create(conn, name)
+        topic = self._join(conn, name)
         if topic is None:
             return
-        self._table.subscribe(topic, conn)
         acks = self._acks
         queue = acks.subscribe(conn, name, prefetch)
         self._emit(conn, SUCCESS)

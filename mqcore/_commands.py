@@ -119,6 +119,13 @@ class Commands(AckCommands):
             return None
         return created
 
+    def _join(self, conn: Connection, name: str) -> Topic | None:
+        """Subscribe ``conn`` to topic ``name`` (made if new); None if it cannot be made."""
+        topic = self._topics.get(name) or self._create(conn, name)
+        if topic is not None:
+            self._table.subscribe(topic, conn)
+        return topic
+
     def _subscribe(self, conn: Connection, command: Subscribe) -> None:
         if command.ack is True:
             self._subscribe_ack(conn, command)
@@ -127,10 +134,9 @@ class Commands(AckCommands):
         if is_pattern(name):
             self._subscribe_pattern(conn, command)
             return
-        topic = self._topics.get(name) or self._create(conn, name)
+        topic = self._join(conn, name)
         if topic is None:
             return
-        self._table.subscribe(topic, conn)
         self._emit(conn, SUCCESS)
         if command.cache and topic.cache:
             self._replay(conn, topic, command.last_seen)
