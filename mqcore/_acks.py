@@ -63,6 +63,7 @@ from typing import Final
 
 from ._connection import Connection, ConnectionId
 from ._journal import Journal
+from ._limits import AckLimits
 from ._protocol import SUCCESS, Reason, error_reply
 from ._records import JobState
 
@@ -152,28 +153,12 @@ class WorkQueues:
 
     def __init__(
         self,
-        *,
-        ack_wait: float,
-        max_deliver: int,
-        max_jobs: int,
-        max_job_bytes: int,
+        limits: AckLimits,
         journal: Journal | None,
         emit: Callable[[Connection, bytes], None],
         dead_letter: DeadLetter,
     ) -> None:
-        if not ack_wait > 0:
-            raise ValueError("ack_wait must be > 0")
-        for name, value in [
-            ("max_deliver", max_deliver),
-            ("max_jobs", max_jobs),
-            ("max_job_bytes", max_job_bytes),
-        ]:
-            if value < 1:
-                raise ValueError(f"{name} must be >= 1")
-        self.ack_wait = ack_wait
-        self.max_deliver = max_deliver
-        self.max_jobs = max_jobs
-        self.max_job_bytes = max_job_bytes
+        self.limits = limits
         self._journal = journal
         self._emit = emit
         self._dead_letter = dead_letter
@@ -197,7 +182,8 @@ class WorkQueues:
 
     def has_room(self, size: int) -> bool:
         """Whether one more job of ``size`` bytes fits the broker-wide bounds."""
-        return self.jobs < self.max_jobs and self.job_bytes + size <= self.max_job_bytes
+        limits = self.limits
+        return self.jobs < limits.max_jobs and self.job_bytes + size <= limits.max_job_bytes
 
     def next_deadline(self) -> float | None:
         """When :meth:`advance` must next be called (None: nothing is waiting)."""
@@ -247,7 +233,7 @@ class WorkQueues:
     def _deliver(self, consumer: Consumer, job: Job) -> None:
         job.attempts += 1
         job.consumer = consumer
-        job.deadline = self.now + self.ack_wait
+        job.deadline = self.now + self.limits.ack_wait
         consumer.jobs[job.index] = job
         self._pending[job] = None
         # data ends with "}\r\n": splice the attempt in before it.
@@ -320,7 +306,7 @@ class WorkQueues:
         job = self._take(conn, name, index)
         if isinstance(job, bytes):
             return job
-        if delay > 0 and job.attempts < self.max_deliver:
+        if delay > 0 and job.attempts < self.limits.max_deliver:
             self._sequence += 1
             heapq.heappush(self._delayed, (self.now + delay, self._sequence, job))
         else:
@@ -372,14 +358,16 @@ class WorkQueues:
     def _hand_back(self, queue: WorkQueue, jobs: list[Job], reason: str) -> None:
         """Put ``jobs`` (not pending any more) back first in line, or dead-letter them."""
         for job in reversed(jobs):
-            if job.attempts < self.max_deliver:
+            if job.attempts < self.limits.max_deliver:
                 queue.ready.appendleft(job)
             elif self._dead_letter(queue.name, job, reason):
                 self._done(job)
             else:
                 # T.dead could not be made: keep it, and try again later.
                 self._sequence += 1
-                heapq.heappush(self._delayed, (self.now + self.ack_wait, self._sequence, job))
+                heapq.heappush(
+                    self._delayed, (self.now + self.limits.ack_wait, self._sequence, job)
+                )
         self.dispatch(queue)
 
     def _done(self, job: Job) -> None:

@@ -52,6 +52,7 @@ from ._commands import REASONS
 from ._connection import Connection, ConnectionId
 from ._guard import Guarded, SendFn, hello_for
 from ._journal import Journal
+from ._limits import AckLimits, TopicLimits
 from ._protocol import (
     COMMAND_DECODER,
     Reason,
@@ -154,15 +155,9 @@ class Broker(Guarded):
         max_job_bytes: int = DEFAULT_MAX_JOB_BYTES,
         auth: bool = False,
     ) -> None:
-        for name, value, least in [
-            ("cache_size", cache_size, 0),
-            ("max_line_bytes", max_line_bytes, 1),
-            ("max_topics", max_topics, 1),
-            ("max_topic_bytes", max_topic_bytes, 1),
-            ("max_cache_bytes", max_cache_bytes, 0),
-        ]:
-            if value < least:
-                raise ValueError(f"{name} must be >= {least}")
+        if max_line_bytes < 1:
+            raise ValueError("max_line_bytes must be >= 1")
+        limits = TopicLimits(cache_size, max_topics, max_topic_bytes, max_cache_bytes)
         self.cache_size: Final = cache_size
         self.max_line_bytes: Final = max_line_bytes
         self.max_topics: Final = max_topics
@@ -172,23 +167,14 @@ class Broker(Guarded):
         self._caching = cache_size > 0
         self._durable = durable
         self._journal = Journal() if durable else None
-        self._table = TopicTable(
-            cache_size=cache_size,
-            max_topics=max_topics,
-            max_topic_bytes=max_topic_bytes,
-            max_cache_bytes=max_cache_bytes,
-            journal=self._journal,
-        )
+        self._table = TopicTable(limits, self._journal)
         # Acknowledged delivery: ack_wait (seconds), max_deliver and the
         # bounds on jobs held are mqcore._acks's.
         self._acks = WorkQueues(
-            ack_wait=ack_wait,
-            max_deliver=max_deliver,
-            max_jobs=max_jobs,
-            max_job_bytes=max_job_bytes,
-            journal=self._journal,
-            emit=self._emit,
-            dead_letter=self._dead_letter,
+            AckLimits(ack_wait, max_deliver, max_jobs, max_job_bytes),
+            self._journal,
+            self._emit,
+            self._dead_letter,
         )
         # The table's dict itself (never rebound): one lookup less per send.
         self._topics = self._table.by_name

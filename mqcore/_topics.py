@@ -46,6 +46,7 @@ from collections.abc import Iterable
 
 from ._connection import Connection
 from ._journal import Journal
+from ._limits import TopicLimits
 from ._patterns import PatternTable, TopicIndex
 from ._protocol import Reason, error_reply
 from ._records import TopicState
@@ -70,27 +71,18 @@ class TopicTable:
         "cached",
         "idle",
         "index_floor",
+        "limits",
         "max_cache_bytes",
-        "max_topic_bytes",
-        "max_topics",
         "names",
         "order",
         "patterns",
     )
 
-    def __init__(
-        self,
-        *,
-        cache_size: int,
-        max_topics: int,
-        max_topic_bytes: int,
-        max_cache_bytes: int,
-        journal: Journal | None,
-    ) -> None:
-        self.cache_size = cache_size
-        self.max_topics = max_topics
-        self.max_topic_bytes = max_topic_bytes
-        self.max_cache_bytes = max_cache_bytes
+    def __init__(self, limits: TopicLimits, journal: Journal | None) -> None:
+        self.limits = limits
+        # Read on every cached send: attributes of their own, one lookup less.
+        self.cache_size = limits.cache_size
+        self.max_cache_bytes = limits.max_cache_bytes
         self._journal = journal
         self.by_name: dict[str, Topic] = {}
         # Topics without subscribers, longest idle first. An OrderedDict, not
@@ -101,7 +93,7 @@ class TopicTable:
         self.cached = 0
         self.cache_bytes = 0
         # Pattern subscriptions count toward the same bound as topics.
-        self.patterns = PatternTable(max_topics)
+        self.patterns = PatternTable(limits.max_topics)
         # Every topic by token, for pattern replays: built at the first one.
         self.names: TopicIndex | None = None
 
@@ -110,8 +102,8 @@ class TopicTable:
     def name_too_long(self, name: str) -> bool:
         """True if ``name`` is over ``max_topic_bytes`` in UTF-8."""
         # A code point is at most 4 bytes: most names need no encoding at all.
-        return len(name) * 4 > self.max_topic_bytes and (
-            len(name.encode("utf-8", "surrogatepass")) > self.max_topic_bytes
+        return len(name) * 4 > self.limits.max_topic_bytes and (
+            len(name.encode("utf-8", "surrogatepass")) > self.limits.max_topic_bytes
         )
 
     def create(self, name: str) -> Topic | bytes:
@@ -120,7 +112,7 @@ class TopicTable:
             return _TOPIC_TOO_LONG
         if is_pattern(name):
             return _SEND_TO_PATTERN
-        if len(self.by_name) >= self.max_topics:
+        if len(self.by_name) >= self.limits.max_topics:
             if not self.idle:
                 return _TOO_MANY_TOPICS
             self.forget(next(iter(self.idle.values())))
