@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import ssl
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +14,13 @@ import anyio
 import trustme
 from anyio.streams.buffered import BufferedByteReceiveStream
 
+import mqcore_client
+from mqcore_client import Received
 from mqcore_client._ws import connect_ws
+from mqcore_tcp import TCPServer
 from mqcore_tcp._auth import hash_secret
+
+from ..helpers import in_process
 
 #: Low scrypt cost for test users: the format and checks are the same, the tests fast.
 FAST = {"n": 1 << 10, "r": 8, "p": 1}
@@ -27,6 +34,8 @@ class Certs:
     cert: Path
     key: Path
     ca_file: Path
+    #: Server options using these files (see :func:`mutual_tls`).
+    options: dict[str, Any] = field(default_factory=dict)
 
     def client_context(self) -> ssl.SSLContext:
         """A client context that trusts this CA."""
@@ -160,3 +169,40 @@ async def open_raw(port: int, directory: Path, transport: str) -> RawClient:
     if transport == "ws":
         return await RawClient.ws(port)
     return await RawClient.unix(f"{directory}/mq.sock")
+
+
+@asynccontextmanager
+async def two_clients(
+    directory: Path, transport: str, **options: Any
+) -> AsyncIterator[tuple[TCPServer, RawClient, RawClient]]:
+    """A server (``options``) listening on ``transport`` only, and two raw clients of it."""
+    async with in_process(listen=listen_on(directory, transport), **options) as server:
+        first = await open_raw(server.port, directory, transport)
+        second = await open_raw(server.port, directory, transport)
+        async with first, second:
+            yield server, first, second
+
+
+def mutual_tls(directory: Path, listen: str, users: dict[str, dict[str, Any]]) -> Certs:
+    """Certificates in ``directory``, and the server options (``.options``) of a mutual-TLS
+    ``listen`` URL whose auth file holds ``users``."""
+    certs = make_certs(directory)
+    certs.options = {
+        "listen": (listen,),
+        "tls_cert": str(certs.cert),
+        "tls_key": str(certs.key),
+        "tls_client_ca": str(certs.ca_file),
+        "auth": str(write_auth(directory / "users.toml", users)),
+    }
+    return certs
+
+
+async def round_trip(url: str, context: ssl.SSLContext, msg: str) -> Received:
+    """Send ``msg`` to topic "t" through the client library at ``url`` and receive it back."""
+    async with (
+        mqcore_client.connect(url, ssl=context) as client,
+        client.subscribe("t") as subscription,
+    ):
+        await client.send("t", msg)
+        with anyio.fail_after(10):
+            return await subscription.__anext__()

@@ -23,7 +23,7 @@ from ..conftest import BOTH_BACKENDS
 from ..helpers import in_process
 from ..web.support import WSClient, get, web_server
 from ..wire import OK, delivered, fail, send, sub
-from .support import USERS, RawClient, make_certs, write_auth
+from .support import USERS, RawClient, mutual_tls, write_auth
 
 pytestmark = [pytest.mark.anyio, BOTH_BACKENDS]
 
@@ -36,16 +36,8 @@ OPS = {"publish": ["ops.>"], "subscribe": ["ops.*"]}
 
 
 async def test_a_client_certificate_stands_for_the_user_it_names(tmp_path: Path) -> None:
-    certs = make_certs(tmp_path)
-    users = write_auth(tmp_path / "users.toml", {**USERS, "ops": OPS})
-    options: dict[str, Any] = {
-        "listen": ("mqcores://127.0.0.1:0",),
-        "tls_cert": str(certs.cert),
-        "tls_key": str(certs.key),
-        "tls_client_ca": str(certs.ca_file),
-        "auth": str(users),
-    }
-    async with in_process(**options) as server:
+    certs = mutual_tls(tmp_path, "mqcores://127.0.0.1:0", {**USERS, "ops": OPS})
+    async with in_process(**certs.options) as server:
         async with await RawClient.tcp(server.port, certs.client_cert(tmp_path, "ops")) as ops:
             # No hello needed: the verified certificate is the credential.
             assert await ops.request(sub("ops.eu")) == OK
@@ -73,16 +65,8 @@ async def test_a_client_certificate_stands_for_the_user_it_names(tmp_path: Path)
 
 
 async def test_a_client_certificate_stands_for_its_user_over_wss(tmp_path: Path) -> None:
-    certs = make_certs(tmp_path)
-    users = write_auth(tmp_path / "users.toml", {**USERS, "ops": OPS})
-    options: dict[str, Any] = {
-        "listen": ("https://127.0.0.1:0",),
-        "tls_cert": str(certs.cert),
-        "tls_key": str(certs.key),
-        "tls_client_ca": str(certs.ca_file),
-        "auth": str(users),
-    }
-    async with in_process(**options) as server:
+    certs = mutual_tls(tmp_path, "https://127.0.0.1:0", {**USERS, "ops": OPS})
+    async with in_process(**certs.options) as server:
         url = f"wss://127.0.0.1:{server.port}/ws"
         # No credentials: the certificate (CN=ops) is the user, on /ws as on mqcores://.
         async with mqcore_client.connect(url, ssl=certs.client_cert(tmp_path, "ops")) as client:

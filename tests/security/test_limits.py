@@ -15,7 +15,7 @@ from ..conftest import BOTH_BACKENDS
 from ..helpers import in_process
 from ..web.support import WSClient
 from ..wire import OK, fail, send
-from .support import TRANSPORTS, RawClient, listen_on, open_raw
+from .support import TRANSPORTS, RawClient, open_raw, two_clients
 
 pytestmark = [pytest.mark.anyio, BOTH_BACKENDS]
 
@@ -24,15 +24,14 @@ pytestmark = [pytest.mark.anyio, BOTH_BACKENDS]
 async def test_the_connection_past_the_limit_is_refused_and_others_are_served(
     tmp_path: Path, transport: str
 ) -> None:
-    async with in_process(listen=listen_on(tmp_path, transport), max_connections=2) as server:
-        first = await open_raw(server.port, tmp_path, transport)
-        second = await open_raw(server.port, tmp_path, transport)
-        async with first, second:
-            assert await first.request(send("t", "1")) == OK
-            async with await open_raw(server.port, tmp_path, transport) as third:
-                assert await third.read() == fail("Too many connections")
-                assert await third.closed()
-            assert await second.request(send("t", "2")) == OK
+    async with two_clients(tmp_path, transport, max_connections=2) as (server, first, second):
+        assert await first.request(send("t", "1")) == OK
+        async with await open_raw(server.port, tmp_path, transport) as third:
+            assert await third.read() == fail("Too many connections")
+            assert await third.closed()
+        assert await second.request(send("t", "2")) == OK
+        await first.aclose()
+        await second.aclose()
         # Room again once they are gone.
         with anyio.fail_after(10):
             while True:
@@ -58,34 +57,27 @@ async def test_the_client_reports_too_many_connections(tmp_path: Path) -> None:
 async def test_a_line_left_unfinished_past_the_timeout_closes_the_connection(
     tmp_path: Path, transport: str
 ) -> None:
-    async with in_process(listen=listen_on(tmp_path, transport), line_timeout=1.0) as server:
-        slow = await open_raw(server.port, tmp_path, transport)
-        busy = await open_raw(server.port, tmp_path, transport)
-        async with slow, busy:
-            await slow.stream.send(b'{"command": "send", "topic"')
-            started = anyio.current_time()
-            # A client that keeps finishing its lines is never closed.
-            for i in range(12):
-                assert await busy.request(send("t", str(i))) == OK
-                await busy.stream.send(b'{"command": "send", ')
-                await anyio.sleep(0.2)
-                await busy.stream.send(b'"topic": "t", "msg": "m", "delivery": "all"}\n')
-                assert await busy.read() == OK
-            with anyio.fail_after(5):
-                assert await slow.closed()
-            assert anyio.current_time() - started >= 1.0
-            assert await busy.request(send("t", "after")) == OK
+    async with two_clients(tmp_path, transport, line_timeout=1.0) as (_, slow, busy):
+        await slow.stream.send(b'{"command": "send", "topic"')
+        started = anyio.current_time()
+        # A client that keeps finishing its lines is never closed.
+        for i in range(12):
+            assert await busy.request(send("t", str(i))) == OK
+            await busy.stream.send(b'{"command": "send", ')
+            await anyio.sleep(0.2)
+            await busy.stream.send(b'"topic": "t", "msg": "m", "delivery": "all"}\n')
+            assert await busy.read() == OK
+        with anyio.fail_after(5):
+            assert await slow.closed()
+        assert anyio.current_time() - started >= 1.0
+        assert await busy.request(send("t", "after")) == OK
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_a_silent_heartbeat_client_is_dropped_and_a_plain_one_is_not(
     tmp_path: Path, transport: str
 ) -> None:
-    async with (
-        in_process(listen=listen_on(tmp_path, transport)) as server,
-        await open_raw(server.port, tmp_path, transport) as beating,
-        await open_raw(server.port, tmp_path, transport) as plain,
-    ):
+    async with two_clients(tmp_path, transport) as (_, beating, plain):
         reply = await beating.request({"command": "hello", "heartbeat": 1})
         assert reply["heartbeat"] == 1.0
         hello = await plain.request({"command": "hello"})

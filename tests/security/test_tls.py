@@ -16,7 +16,7 @@ from mqcore_client import ConnectError, ConnectionLostError
 from ..conftest import BOTH_BACKENDS
 from ..helpers import in_process
 from ..wire import OK, delivered, send, sub
-from .support import Certs, RawClient, make_certs
+from .support import Certs, RawClient, make_certs, round_trip
 
 TLS_URL = "mqcores://127.0.0.1:0"
 
@@ -35,14 +35,8 @@ def tls_options(certs: Certs, **more: object) -> dict[str, object]:
 async def test_a_tls_client_publishes_and_subscribes(certs: Certs) -> None:
     async with in_process(**tls_options(certs)) as server:
         url = f"mqcores://127.0.0.1:{server.port}"
-        async with (
-            mqcore_client.connect(url, ssl=certs.client_context()) as client,
-            client.subscribe("t") as subscription,
-        ):
-            await client.send("t", "over tls")
-            with anyio.fail_after(10):
-                message = await subscription.__anext__()
-            assert message.msg == "over tls"
+        message = await round_trip(url, certs.client_context(), "over tls")
+        assert message.msg == "over tls"
         async with await RawClient.tcp(server.port, certs.client_context()) as raw:
             assert await raw.request(sub("t", cache=False)) == OK
             assert await raw.request(send("t", "m")) == delivered("t", "m", 1)

@@ -16,7 +16,7 @@ from mqcore_tcp._tls import HANDSHAKE_TIMEOUT
 
 from ..conftest import BOTH_BACKENDS
 from ..helpers import in_process
-from ..security.support import Certs, make_certs
+from ..security.support import Certs, make_certs, round_trip
 from ..wire import OK_BYTES, line, sub
 from .support import parse_response, read_all
 
@@ -95,14 +95,8 @@ async def test_the_client_speaks_over_wss_urls(certs: Certs) -> None:
         assert await stream.receive() == OK_BYTES
         await stream.aclose()
         url = f"wss://127.0.0.1:{server.port}/ws"
-        async with (
-            mqcore_client.connect(url, ssl=certs.client_context()) as client,
-            client.subscribe("t") as subscription,
-        ):
-            await client.send("t", "over wss")
-            with anyio.fail_after(10):
-                received = await subscription.__anext__()
-            assert (received.topic, received.msg, received.index) == ("t", "over wss", 0)
+        received = await round_trip(url, certs.client_context(), "over wss")
+        assert (received.topic, received.msg, received.index) == ("t", "over wss", 0)
 
 
 async def test_mutual_tls_on_https_requires_a_client_certificate(
