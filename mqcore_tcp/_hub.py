@@ -78,7 +78,6 @@ _TOO_MANY_CONNECTIONS: Final = error_reply(Reason.TOO_MANY_CONNECTIONS)
 _REFUSAL: Final = b'{"success": false, "reason": '
 
 
-
 class _Link:
     """The hub's side of one connection: the connection and what awaits its bytes."""
 
@@ -147,6 +146,11 @@ class Hub:
                 TimedStore(store, self.commit_timing), self._apply, self._storage_changed
             )
         )
+        if config.cluster is not None:
+            # Cluster mode: Redis in place of a store (redis is imported only then).
+            from .cluster import node_for
+
+            self._committer = node_for(config, self.broker, self._apply, self.flush)
         self._links: dict[ConnectionId, _Link] = {}
         #: Every live connection, by id (the Watch's view).
         self.links: Final = self._links

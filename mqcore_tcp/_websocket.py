@@ -62,6 +62,8 @@ log = logging.getLogger("mqcore_tcp")
 READ_SIZE: Final = 256 << 10
 
 _GONE = (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError)
+
+
 def accept_upgrade(headers: list[tuple[bytes, bytes]], target: bytes) -> tuple[WSConnection, bytes]:
     """Check an upgrade request already parsed by h11; return wsproto's state and the 101 bytes.
 
