@@ -33,6 +33,7 @@ from mqcore_tcp.testing import ServerProcess, launch_async
 
 from ..conftest import BOTH_BACKENDS
 from ..helpers import free_port
+from ..security.support import write_auth
 
 #: Seconds any one test may take.
 DEADLINE = 60.0
@@ -340,3 +341,17 @@ def test_the_command_line_refuses_a_bad_entry_in_the_list(
         main(["send", "t", "m"])
     assert exit_.value.code == 2
     assert "$MQCORE_URL: empty server address" in capsys.readouterr().err
+
+
+async def test_credentials_in_a_command_line_url_are_used(tmp_path: Path) -> None:
+    """Checked on the old command line: it dropped them (Authentication required)."""
+    users = write_auth(tmp_path / "users.toml", {"ann": {"password": "p,w", "publish": [">"]}})
+    server = await launch_async("--in-memory", "--auth", str(users))
+    try:
+        url = f"mqcore://ann:p%2Cw@127.0.0.1:{server.port}"
+        argv = ["--url", f"{dead_url()},{url}", "send", "t", "m"]
+        with anyio.fail_after(DEADLINE):
+            assert await anyio.to_thread.run_sync(main, argv) == 0
+    finally:
+        with anyio.CancelScope(shield=True):
+            await server.stop_async()
