@@ -11,7 +11,10 @@ missing server is a failure, never a silent skip.
 
 from __future__ import annotations
 
+import functools
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -24,7 +27,13 @@ from mqcore_tcp.testing_redis import (
     start_redis_cluster,
 )
 
-__all__ = ["need_redis", "redis_cluster", "redis_server", "redis_server_aof"]
+__all__ = [
+    "need_cluster_mode",
+    "need_redis",
+    "redis_cluster",
+    "redis_server",
+    "redis_server_aof",
+]
 
 
 def need_redis(cluster: bool = False) -> None:
@@ -35,6 +44,29 @@ def need_redis(cluster: bool = False) -> None:
     if os.environ.get("CI") == "true":
         pytest.fail(f"CI must run the Redis tests: {why}")
     pytest.skip(why)
+
+
+@functools.cache
+def _server_has_cluster_mode() -> bool:
+    done = subprocess.run(
+        [sys.executable, "-m", "mqcore_tcp", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    return "--cluster" in done.stdout
+
+
+def need_cluster_mode() -> None:
+    """Skip unless Redis is there (see :func:`need_redis`) and the server has ``--cluster``.
+
+    The second holds from the merge of cluster mode on: until then the
+    examples and benchmarks written against its command line skip, saying so.
+    """
+    need_redis()
+    if not _server_has_cluster_mode():
+        pytest.skip("python -m mqcore_tcp has no --cluster option in this build")
 
 
 @pytest.fixture
