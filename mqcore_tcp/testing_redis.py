@@ -40,8 +40,7 @@ from __future__ import annotations
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from types import TracebackType
+from contextlib import AbstractContextManager, contextmanager
 
 from .testing_redis_probe import RedisError, RedisReply, free_port, redis_command
 from .testing_redis_server import (
@@ -81,7 +80,7 @@ __all__ = [
 _CLUSTER_POLL = 0.1
 
 
-class RedisCluster:
+class RedisCluster(AbstractContextManager["RedisCluster"]):
     """A running Redis Cluster: its master nodes, each a :class:`RedisServer`."""
 
     def __init__(self, nodes: list[RedisServer]) -> None:
@@ -136,15 +135,7 @@ class RedisCluster:
             if node.popen is not None:
                 node.stop(grace, cleanup=True)
 
-    def __enter__(self) -> RedisCluster:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
 

@@ -12,10 +12,9 @@ import subprocess
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager, suppress
+from contextlib import AbstractContextManager, asynccontextmanager, contextmanager, suppress
 from functools import partial
 from pathlib import Path
-from types import TracebackType
 
 import anyio
 import anyio.to_thread
@@ -67,7 +66,7 @@ def require_redis(cluster: bool = False) -> None:
         raise RedisNotInstalled(why)
 
 
-class RedisServer:
+class RedisServer(AbstractContextManager["RedisServer"]):
     """A running ``redis-server`` on ``127.0.0.1``: its process, port, directory and log."""
 
     def __init__(
@@ -254,15 +253,7 @@ class RedisServer:
         """:meth:`wait` without a bound, without blocking the event loop."""
         return await anyio.to_thread.run_sync(partial(self.wait, None), abandon_on_cancel=True)
 
-    def __enter__(self) -> RedisServer:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.stop(cleanup=True)
 
 
