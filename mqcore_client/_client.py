@@ -80,7 +80,7 @@ class Client:
 
     def __init__(
         self,
-        addresses: Sequence[Address],
+        addresses: Address | Sequence[Address],
         *,
         connect_timeout: float,
         timeout: float | None,

@@ -50,6 +50,9 @@ from ._url import Address
 
 __all__ = ["Dialer", "handshake"]
 
+#: Failures an error names one by one (a long list of addresses gives a short message).
+_NAMED_FAILURES = 5
+
 #: Runs one connection on a stream (``first``: no connection was ever up);
 #: whether it got past the handshake, and why it ended.
 Serve = Callable[[anyio.abc.ByteStream, bool], Awaitable[tuple[bool, ConnectionLostError]]]
@@ -60,7 +63,7 @@ class Dialer:
 
     def __init__(
         self,
-        addresses: Sequence[Address],
+        addresses: Address | Sequence[Address],
         *,
         connect_timeout: float,
         ssl_context: ssl.SSLContext | None,
@@ -71,9 +74,9 @@ class Dialer:
         password: str | None,
         heartbeat: float | None,
     ) -> None:
-        if not addresses:
+        self.addresses = [addresses] if isinstance(addresses, Address) else list(addresses)
+        if not self.addresses:
             raise ValueError("no server address given")
-        self.addresses = list(addresses)
         self._hellos = [
             hello_command(
                 token=token,
@@ -170,7 +173,10 @@ class Dialer:
             return None
         if len(self._first_errors) == 1:
             return error
-        why = "; ".join(str(failure) for _, failure in self._first_errors)
+        named = self._first_errors[:_NAMED_FAILURES]
+        why = "; ".join(str(failure) for _, failure in named)
+        if len(self._first_errors) > len(named):
+            why += f"; and {len(self._first_errors) - len(named)} more"
         every_timeout = all(isinstance(e, ConnectTimeoutError) for _, e in self._first_errors)
         kind = ConnectTimeoutError if every_timeout else ConnectError
         combined = kind(f"no server of {len(self.addresses)} answered: {why}")

@@ -140,6 +140,17 @@ async def test_when_no_server_answers_connect_names_each_failure() -> None:
         assert url.removeprefix("mqcore://") in str(refused.value)
 
 
+async def test_a_long_list_of_dead_addresses_gives_a_short_error() -> None:
+    dead = [dead_url() for _ in range(40)]
+    with anyio.fail_after(DEADLINE), pytest.raises(ConnectError) as refused:
+        async with connect(",".join(dead)):
+            pass
+    message = str(refused.value)
+    assert "no server of 40 answered" in message
+    assert message.endswith("; and 35 more")
+    assert len(message) < 1000
+
+
 async def test_when_every_server_is_silent_connect_times_out() -> None:
     """Listeners that accept but never answer ``hello``: a timeout per address, then one error."""
     async with (
