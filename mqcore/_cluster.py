@@ -153,9 +153,18 @@ class ClusterBroker(Broker):
         return self._epoch
 
     def set_epoch(self, epoch: str) -> None:
-        """The cluster's epoch changed (the backend lost its data): ``hello`` says so."""
+        """The cluster's epoch changed (the backend lost its data): ``hello`` says so.
+
+        Numbering starts over: every mirror is loaded again as new.
+        """
+        if epoch == self._epoch:
+            return
         self._epoch = epoch
         self._hello = self._hello_bytes()
+        for mirror in self._mirrors.values():
+            mirror.next = -1
+            mirror.cache.clear()
+        self.resync()
 
     def mirrored(self) -> dict[str, int]:
         """Each mirrored topic and its number of local exact subscribers (for the heartbeat)."""
@@ -198,11 +207,16 @@ class ClusterBroker(Broker):
             self._return(name, ones)
             return
         if mirror.next >= 0:
-            # A reload: what the gap still holds goes to the current subscribers.
-            self._deliver(name, mirror, next_index, [e for e in entries if e[1] == _CACHED])
+            # A reload: what the cache still holds of the gap goes to the
+            # current subscribers, up to the first batch that waited for it.
+            bound = mirror.pending[0][0] if mirror.pending else next_index
+            gap = [e for e in entries if e[1] == _CACHED and e[0] < bound]
+            self._deliver(name, mirror, 0, gap)
+            mirror.next = max(mirror.next, bound)
+        else:
+            mirror.next = next_index
         mirror.cache.clear()
         mirror.cache.extend((index, line) for index, kind, line in entries if kind == _CACHED)
-        mirror.next = max(mirror.next, next_index)
         self._settle(name, mirror, ones)
 
     def load_failed(self, name: str) -> None:

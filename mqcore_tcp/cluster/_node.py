@@ -319,6 +319,7 @@ class ClusterNode(Committer):
             attempt = 0
             if epoch is not None and epoch != self._broker.epoch:
                 self._broker.set_epoch(epoch)
+                self._submit_work()
             if not self.available:
                 self.available = True
                 log.warning("backend available again")
