@@ -90,7 +90,8 @@ class ClusterNode(Committer):
         # Channels subscribed (by bytes) and the topic of each.
         self._channels: dict[bytes, str] = {}
         self._confirmed: dict[bytes, anyio.Event] = {}
-        self._resubscribe = anyio.Event()
+        # Set while the pub/sub connection is up (loads wait for it).
+        self._connected = anyio.Event()
 
     # -- the hub's side ---------------------------------------------------------------
 
@@ -208,6 +209,7 @@ class ClusterNode(Committer):
             else:
                 await pubsub.ssubscribe(b"mq:{~}:node")  # a connection to read from
             self._pubsub = pubsub
+            self._connected.set()
             self._broker.resync()
             self._flush()
             self._submit_work()
@@ -234,6 +236,8 @@ class ClusterNode(Committer):
                     self._flush()
                     self._submit_work()
         finally:
+            if self._connected.is_set():
+                self._connected = anyio.Event()
             for event in self._confirmed.values():
                 event.set()
             self._confirmed.clear()
@@ -271,6 +275,8 @@ class ClusterNode(Committer):
     async def _load(self, topic: str, take_ones: bool) -> None:
         channel = TopicKeys(topic).channel
         try:
+            with anyio.move_on_after(CALL_TIMEOUT):
+                await self._connected.wait()
             pubsub = self._pubsub
             if pubsub is None:
                 raise BackendError("not connected")
