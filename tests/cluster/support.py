@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import socket
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
@@ -51,10 +52,12 @@ class Peer:
 @contextmanager
 def nodes(url: str, count: int, *extra: str) -> Iterator[list[ServerProcess]]:
     """``count`` nodes of the cluster in Redis ``url``, stopped on leaving."""
-    with ExitStack() as stack:
+    with ExitStack() as stack, ThreadPoolExecutor(count) as pool:
+        # Started together: each takes a second or two to import and connect.
+        futures = [pool.submit(launch, "--cluster", url, *extra) for _ in range(count)]
         started: list[ServerProcess] = []
-        for _ in range(count):
-            node = launch("--cluster", url, *extra)
+        for future in futures:
+            node = future.result()
             stack.callback(node.stop)
             started.append(node)
         yield started
