@@ -104,11 +104,9 @@ class Backend:
         pipe = self.redis.pipeline(transaction=False)
         for topic, batches in groups.items():
             keys = self.keys(topic)
-            args: list[Any] = [keys.channel, self.cache_size, self._seed(), "n", ""]
-            for batch in batches:
-                for kind, head in zip(batch.kinds, batch.heads, strict=True):
-                    args.append(kind)
-                    args.append(head)
+            kinds = "".join(kind for batch in batches for kind in batch.kinds)
+            heads = b"".join(head + b"\n" for batch in batches for head in batch.heads)
+            args: list[Any] = [keys.channel, self.cache_size, self._seed(), "n", "", kinds, heads]
             await self._publish(keys=keys.keys, args=args, client=pipe)
         results: list[Any] = await self._call(pipe.execute(raise_on_error=False))
         return results

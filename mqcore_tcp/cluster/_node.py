@@ -241,9 +241,12 @@ class ClusterNode(Committer):
             for event in self._confirmed.values():
                 event.set()
             self._confirmed.clear()
-            with anyio.CancelScope(shield=True), anyio.move_on_after(CALL_TIMEOUT):
-                with contextlib.suppress(RedisError, OSError):
-                    await pubsub.aclose()
+            with (
+                anyio.CancelScope(shield=True),
+                anyio.move_on_after(CALL_TIMEOUT),
+                contextlib.suppress(RedisError, OSError),
+            ):
+                await pubsub.aclose()
 
     def _submit_work(self) -> None:
         work = self._broker.take_work()

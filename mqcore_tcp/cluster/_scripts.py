@@ -36,8 +36,10 @@ end
 """
 
 #: KEYS: next, cache, subs, count. ARGV: channel, cache size, random seed,
-#: mode ("n": new sends as kind/head pairs; "r": returned ones as
-#: index/kind/line triples), a node to leave out (returns). Returns the first index.
+#: mode, a node to leave out (returns), then for mode "n" (new sends) the
+#: kinds, one letter per send, and the heads, each ended by a newline (two
+#: arguments whatever the batch's size: packing them costs the node O(1));
+#: for mode "r" (returned ones) index/kind/line triples. Returns the first index.
 PUBLISH: Final = (
     _NOW
     + _PUSH
@@ -82,12 +84,16 @@ local function one(idx, kind, line)
   end
 end
 if mode == 'n' then
-  local n = (#ARGV - 5) / 2
+  local kinds, heads = ARGV[6], ARGV[7]
+  local n = #kinds
   nxt = redis.call('INCRBY', nkey, n)
   first = nxt - n
+  local pos = 1
   for i = 0, n - 1 do
-    local kind, idx = ARGV[6 + 2 * i], first + i
-    local line = ARGV[7 + 2 * i] .. idx .. '}\\r\\n'
+    local kind, idx = string.sub(kinds, i + 1, i + 1), first + i
+    local stop = string.find(heads, '\\n', pos, true)
+    local line = string.sub(heads, pos, stop - 1) .. idx .. '}\\r\\n'
+    pos = stop + 1
     if kind == 'a' or kind == 'c' then
       local entry = idx .. ' ' .. kind .. ' ' .. line
       out[#out + 1] = entry

@@ -63,7 +63,7 @@ def test_one_is_delivered_exactly_once_across_nodes(redis_server: RedisServer) -
         seen: list[int] = []
         per_node = [0, 0, 0]
         deadline = time.monotonic() + 20
-        for position, peer in enumerate(subscribers):
+        for peer in subscribers:
             peer.sock.settimeout(0.5)
         while len(seen) < total and time.monotonic() < deadline:
             for position, peer in enumerate(subscribers):

@@ -1,4 +1,4 @@
-"""Cluster mode of the core, synchronously (no sockets, no Redis): the node's side played by hand."""
+"""Cluster mode of the core, synchronously (no sockets, no Redis): the node played by hand."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from ..wire import OK, OK_BYTES, fail, line, lines, parse, send, sub, unsub
 
 
 def _broker(**options: object) -> ClusterBroker:
-    return ClusterBroker(node_id="n1", epoch="e", **options)  # type: ignore[arg-type]
+    return ClusterBroker(node_id="n1", epoch="e", **options)
 
 
 def _entry(index: int, kind: bytes, head: bytes) -> Delivered:
@@ -29,7 +29,8 @@ def test_send_is_a_publish_request_with_the_reply_at_its_slot() -> None:
     output = broker.take_output()
     assert output.writes[cid] == [OK_BYTES] * 3
     batches = {b.topic: b for b in output.publishes}
-    assert batches["t"].kinds == ["c", "c"] and batches["u"].kinds == ["p"]
+    assert batches["t"].kinds == ["c", "c"]
+    assert batches["u"].kinds == ["p"]
     assert batches["t"].slots == [(cid, 0), (cid, 2)]
     # The head plus the index is byte for byte the single-node delivery.
     single = Broker()
