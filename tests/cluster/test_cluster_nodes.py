@@ -6,78 +6,91 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 
-from mqcore_tcp.testing_redis import RedisServer
+import pytest
 
+from mqcore_tcp.testing import ServerProcess
+from mqcore_tcp.testing_redis import RedisServer, start_redis
+
+from ..redis_fixtures import need_redis
 from ..wire import OK, fail, line, lines, send, sub
 from .support import Peer, nodes
 
 
-def test_fan_out_across_three_nodes_in_order(redis_server: RedisServer) -> None:
-    with nodes(redis_server.url, 3) as (a, b, c):
-        subscribers = [Peer(node.port) for node in (a, b, c) for _ in range(2)]
-        for peer in subscribers:
-            peer.send(line(sub("news", cache=False)))
-            assert peer.lines(1) == [OK]
-        sender = Peer(b.port)
-        sender.send(b"".join(line(send("news", f"m{i}")) for i in range(500)))
-        assert sender.lines(500) == [OK] * 500
-        expected = [
-            b'{"command": "send", "topic": "news", "msg": "m%d", "delivery": "all", '
-            b'"index": %d}\r\n' % (i, i)
-            for i in range(500)
-        ]
-        for peer in subscribers:
-            assert peer.raw_lines(500) == expected
+@pytest.fixture(scope="module")
+def three() -> Iterator[list[ServerProcess]]:
+    """One Redis and three nodes, shared by this module's tests (each uses its own topics)."""
+    need_redis()
+    with start_redis() as redis, nodes(redis.url, 3) as started:
+        yield started
 
 
-def test_replay_with_last_seen_from_another_node(redis_server: RedisServer) -> None:
-    with nodes(redis_server.url, 2) as (a, b):
-        sender = Peer(a.port)
-        sender.send(b"".join(line(send("log", f"m{i}")) for i in range(10)))
-        assert sender.lines(10) == [OK] * 10
-        late = Peer(b.port)
-        late.send(lines(sub("log", last_seen=6), {"command": "hello"}))
-        got = late.lines(5)
-        assert got[0] == OK
-        assert [m["index"] for m in got[1:4]] == [7, 8, 9]
-        epoch = got[4]["epoch"]
-        other = Peer(a.port)
-        other.send(line({"command": "hello"}))
-        assert other.lines(1)[0]["epoch"] == epoch  # one epoch on every node
-        sender.send(line(send("log", "live")))
-        assert sender.lines(1) == [OK]
-        assert late.lines(1)[0]["index"] == 10
+def test_fan_out_across_three_nodes_in_order(three: list[ServerProcess]) -> None:
+    a, b, c = three
+    subscribers = [Peer(node.port) for node in (a, b, c) for _ in range(2)]
+    for peer in subscribers:
+        peer.send(line(sub("news", cache=False)))
+        assert peer.lines(1) == [OK]
+    sender = Peer(b.port)
+    sender.send(b"".join(line(send("news", f"m{i}")) for i in range(500)))
+    assert sender.lines(500) == [OK] * 500
+    expected = [
+        b'{"command": "send", "topic": "news", "msg": "m%d", "delivery": "all", '
+        b'"index": %d}\r\n' % (i, i)
+        for i in range(500)
+    ]
+    for peer in subscribers:
+        assert peer.raw_lines(500) == expected
 
 
-def test_one_is_delivered_exactly_once_across_nodes(redis_server: RedisServer) -> None:
+def test_replay_with_last_seen_from_another_node(three: list[ServerProcess]) -> None:
+    a, b, _ = three
+    sender = Peer(a.port)
+    sender.send(b"".join(line(send("log", f"m{i}")) for i in range(10)))
+    assert sender.lines(10) == [OK] * 10
+    late = Peer(b.port)
+    late.send(lines(sub("log", last_seen=6), {"command": "hello"}))
+    got = late.lines(5)
+    assert got[0] == OK
+    assert [m["index"] for m in got[1:4]] == [7, 8, 9]
+    epoch = got[4]["epoch"]
+    other = Peer(a.port)
+    other.send(line({"command": "hello"}))
+    assert other.lines(1)[0]["epoch"] == epoch  # one epoch on every node
+    sender.send(line(send("log", "live")))
+    assert sender.lines(1) == [OK]
+    assert late.lines(1)[0]["index"] == 10
+
+
+def test_one_is_delivered_exactly_once_across_nodes(three: list[ServerProcess]) -> None:
     total = 10_000
-    with nodes(redis_server.url, 3) as started:
-        subscribers = [Peer(node.port) for node in started for _ in range(2)]
-        for peer in subscribers:
-            peer.send(line(sub("jobs", cache=False)))
-            assert peer.lines(1) == [OK]
-        sender = Peer(started[0].port)
-        sender.send(b"".join(line(send("jobs", f"j{i}", "one")) for i in range(total)))
-        assert sender.lines(total) == [OK] * total
-        seen: list[int] = []
-        per_node = [0, 0, 0]
-        deadline = time.monotonic() + 20
-        for peer in subscribers:
-            peer.sock.settimeout(0.5)
-        while len(seen) < total and time.monotonic() < deadline:
-            for position, peer in enumerate(subscribers):
-                try:
-                    chunk = peer.sock.recv(1 << 20)
-                except TimeoutError:
-                    continue
-                peer._buffer += chunk
-                *complete, peer._buffer = peer._buffer.split(b"\n")
-                for raw in complete:
-                    seen.append(json.loads(raw)["index"])
-                per_node[position // 2] += len(complete)
-        assert sorted(seen) == list(range(total))  # each exactly once
-        assert all(count > 0 for count in per_node)  # every node was chosen
+    started = three
+    subscribers = [Peer(node.port) for node in started for _ in range(2)]
+    for peer in subscribers:
+        peer.send(line(sub("jobs", cache=False)))
+        assert peer.lines(1) == [OK]
+    sender = Peer(started[0].port)
+    sender.send(b"".join(line(send("jobs", f"j{i}", "one")) for i in range(total)))
+    assert sender.lines(total) == [OK] * total
+    seen: list[int] = []
+    per_node = [0, 0, 0]
+    deadline = time.monotonic() + 20
+    for peer in subscribers:
+        peer.sock.settimeout(0.5)
+    while len(seen) < total and time.monotonic() < deadline:
+        for position, peer in enumerate(subscribers):
+            try:
+                chunk = peer.sock.recv(1 << 20)
+            except TimeoutError:
+                continue
+            peer._buffer += chunk
+            *complete, peer._buffer = peer._buffer.split(b"\n")
+            for raw in complete:
+                seen.append(json.loads(raw)["index"])
+            per_node[position // 2] += len(complete)
+    assert sorted(seen) == list(range(total))  # each exactly once
+    assert all(count > 0 for count in per_node)  # every node was chosen
 
 
 def test_a_node_with_another_cache_size_refuses_to_start(redis_server: RedisServer) -> None:
