@@ -113,15 +113,8 @@ class ClusterNode(Committer):
         """Nothing to store: the backend is Redis."""
 
     def backlogged(self, cid: ConnectionId) -> bool:
+        # Committer.wait_for_room() and drain() wait on _room and _idle as set here.
         return self._broker.paused(cid) or len(self._queue) >= MAX_QUEUED_OUTPUTS
-
-    async def wait_for_room(self, cid: ConnectionId) -> None:
-        while self.backlogged(cid):
-            await self._room.wait()
-
-    async def drain(self) -> None:
-        while not self._idle.is_set():
-            await self._idle.wait()
 
     def _wake(self) -> None:
         self._nudge.set()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -157,3 +158,23 @@ def test_garbage_and_huge_lines_get_one_reply_each(redis_server: RedisServer) ->
             fail("Cannot send to a pattern"),
             fail("Not supported in cluster mode"),
         ]
+
+
+def test_a_slow_subscriber_on_one_node_does_not_stall_the_others(
+    three: list[ServerProcess],
+) -> None:
+    a, b, c = three
+    stalled = Peer(b.port)
+    stalled.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stalled.send(line(sub("bulk", cache=False)))  # and never reads again
+    reader = Peer(c.port)
+    reader.send(line(sub("bulk", cache=False)))
+    assert reader.lines(1) == [OK]
+    sender = Peer(a.port)
+    payload = "x" * 10_000
+    for start in range(0, 2000, 100):
+        sender.send(
+            b"".join(line(send("bulk", f"{payload}{i}")) for i in range(start, start + 100))
+        )
+        assert sender.lines(100) == [OK] * 100
+    assert [m["index"] for m in reader.lines(2000)] == list(range(2000))
