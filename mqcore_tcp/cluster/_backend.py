@@ -15,7 +15,7 @@ from typing import Any, Final
 
 import anyio
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from mqcore._cluster import Delivered, TopicBatch
 
@@ -51,11 +51,48 @@ class Backend:
             socket_connect_timeout=CALL_TIMEOUT,
             health_check_interval=0,
         )
+        #: True against a Redis Cluster (found by :meth:`connect`).
+        self.cluster = False
+        self._scripts()
+        self._random = random.Random()
+        self._keys: dict[str, TopicKeys] = {}
+
+    def _scripts(self) -> None:
         self._publish = self.redis.register_script(PUBLISH)
         self._load = self.redis.register_script(LOAD)
         self._heartbeat = self.redis.register_script(HEARTBEAT)
-        self._random = random.Random()
-        self._keys: dict[str, TopicKeys] = {}
+
+    async def connect(self) -> None:
+        """Find whether the URL names a Redis Cluster; if so, talk to it as one."""
+        if self.cluster:
+            return
+        info = await self._call(self.redis.info("cluster"))
+        if int(info.get("cluster_enabled", 0)):
+            old = self.redis
+            self.redis = aioredis.RedisCluster.from_url(
+                self.url, socket_timeout=CALL_TIMEOUT, socket_connect_timeout=CALL_TIMEOUT
+            )
+            await self._call(self.redis.initialize())  # the slot map, before any command
+            self.cluster = True
+            self._scripts()
+            with anyio.move_on_after(CALL_TIMEOUT):
+                await old.aclose()
+
+    async def _each(self, calls: list[Any]) -> list[Any]:
+        """Run ``calls`` (one per topic, on their shards) at once: each result or exception."""
+        results: list[Any] = [None] * len(calls)
+
+        async def run(position: int, call: Any) -> None:
+            try:
+                results[position] = await call
+            except (RedisError, RedisClusterException, OSError) as exc:
+                results[position] = exc
+
+        with anyio.fail_after(CALL_TIMEOUT):
+            async with anyio.create_task_group() as tg:
+                for position, call in enumerate(calls):
+                    tg.start_soon(run, position, call)
+        return results
 
     def keys(self, topic: str) -> TopicKeys:
         keys = self._keys.get(topic)
@@ -69,11 +106,13 @@ class Backend:
         try:
             with anyio.fail_after(CALL_TIMEOUT):
                 return await call
-        except (RedisError, OSError, TimeoutError) as exc:
+        except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
             raise BackendError(str(exc) or type(exc).__name__) from exc
 
     async def prepare(self) -> str:
         """Check the cluster's cache size (set at first start) and return its epoch."""
+
+        await self.connect()
 
         async def steps() -> str:
             await self.redis.set(CACHE_SIZE, self.cache_size, nx=True)
@@ -101,14 +140,21 @@ class Backend:
 
     async def publish(self, groups: dict[str, list[TopicBatch]]) -> list[Any]:
         """One script call per topic, all in one pipeline: each result or exception."""
-        pipe = self.redis.pipeline(transaction=False)
+        pipe = None if self.cluster else self.redis.pipeline(transaction=False)
+        calls: list[Any] = []
         for topic, batches in groups.items():
             keys = self.keys(topic)
             kinds = "".join(kind for batch in batches for kind in batch.kinds)
             heads = b"".join(head + b"\n" for batch in batches for head in batch.heads)
             args: list[Any] = [keys.channel, self.cache_size, self._seed(), "n", "", kinds, heads]
-            await self._publish(keys=keys.keys, args=args, client=pipe)
-        results: list[Any] = await self._call(pipe.execute(raise_on_error=False))
+            if pipe is None:
+                # A Redis Cluster: one call per topic (each on its shard), all at once.
+                calls.append(self._publish(keys=keys.keys, args=args))
+            else:
+                await self._publish(keys=keys.keys, args=args, client=pipe)
+        results: list[Any] = await self._call(
+            self._each(calls) if pipe is None else pipe.execute(raise_on_error=False)
+        )
         return results
 
     async def requeue(self, topic: str, ones: Sequence[Delivered]) -> None:
@@ -130,24 +176,36 @@ class Backend:
 
     async def heartbeat(self, counts: dict[str, int]) -> str | None:
         """Renew this node's registrations; return the epoch (None: Redis lost it)."""
-        pipe = self.redis.pipeline(transaction=False)
-        for topic, count in counts.items():
-            if count:
-                keys = self.keys(topic)
-                await self._heartbeat(
-                    keys=keys.keys[2:], args=[self.node_id, count, REGISTRATION_TTL], client=pipe
+        if self.cluster:
+            calls = [
+                self._heartbeat(
+                    keys=self.keys(topic).keys[2:], args=[self.node_id, count, REGISTRATION_TTL]
                 )
-        pipe.get(EPOCH)
-        results = await self._call(pipe.execute())
-        epoch = results[-1]
+                for topic, count in counts.items()
+                if count
+            ]
+            failed = [r for r in await self._call(self._each(calls)) if isinstance(r, Exception)]
+            if failed:
+                raise BackendError(str(failed[0]))
+            epoch = await self._call(self.redis.get(EPOCH))
+        else:
+            pipe = self.redis.pipeline(transaction=False)
+            for topic, count in counts.items():
+                if count:
+                    keys = self.keys(topic)
+                    await self._heartbeat(
+                        keys=keys.keys[2:],
+                        args=[self.node_id, count, REGISTRATION_TTL],
+                        client=pipe,
+                    )
+            pipe.get(EPOCH)
+            epoch = (await self._call(pipe.execute()))[-1]
         return None if epoch is None else bytes(epoch).decode("ascii", "replace")
 
     async def unregister(self, topic: str) -> None:
         keys = self.keys(topic)
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.zrem(keys.keys[2], self.node_id)
-        pipe.hdel(keys.keys[3], self.node_id)
-        await self._call(pipe.execute())
+        await self._call(self.redis.zrem(keys.keys[2], self.node_id))
+        await self._call(self.redis.hdel(keys.keys[3], self.node_id))
 
     def _seed(self) -> int:
         return self._random.randrange(1, 2147483646)

@@ -35,7 +35,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 import anyio
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from mqcore import ConnectionId, Output, Reason, Record, error_reply
 from mqcore._cluster import ClusterBroker, ClusterWork, TopicBatch
@@ -54,11 +54,15 @@ HEARTBEAT: Final = 1.0
 RETRY_DELAYS: Final = (0.1, 0.25, 0.5, 1.0, 2.0)
 #: Outputs that may wait for Redis before readers stop reading.
 MAX_QUEUED_OUTPUTS: Final = 256
+#: Seconds a Redis Cluster's pub/sub waits on each shard per poll (redis-py
+#: polls shards in turn): bounds the added latency per shard.
+CLUSTER_POLL: Final = 0.005
 #: Pub/sub messages handled before the hub is flushed.
 BURST: Final = 256
 
 _BACKEND_UNAVAILABLE: Final = error_reply(Reason.BACKEND_UNAVAILABLE)
-_BACKEND_ERRORS: Final = (BackendError, RedisError, OSError, TimeoutError)
+#: What a Redis call may raise (a cluster client's own errors are not RedisError's).
+_BACKEND_ERRORS: Final = (BackendError, RedisError, RedisClusterException, OSError, TimeoutError)
 
 
 class ClusterNode(Committer):
@@ -185,7 +189,7 @@ class ClusterNode(Committer):
         while True:
             try:
                 await self._listen()
-            except _BACKEND_ERRORS as exc:
+            except Exception as exc:  # whatever the client raises: reconnect, never stop
                 self._unavailable(exc)
             self._pubsub = None
             await anyio.sleep(RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)])
@@ -194,7 +198,12 @@ class ClusterNode(Committer):
                 attempt = 0
 
     async def _listen(self) -> None:
+        await self._backend.connect()
         pubsub = self._backend.redis.pubsub()
+        # A Redis Cluster's pub/sub polls each shard it subscribed on in turn,
+        # waiting up to the timeout on each: a short one there (see CLUSTER_POLL).
+        receive = pubsub.get_sharded_message if self._backend.cluster else pubsub.get_message
+        wait = CLUSTER_POLL if self._backend.cluster else HEARTBEAT
         try:
             channels = list(self._channels)
             if channels:
@@ -208,10 +217,12 @@ class ClusterNode(Committer):
             self._submit_work()
             broker = self._broker
             while True:
-                message = await pubsub.get_message(timeout=HEARTBEAT)
+                message = await receive(timeout=wait)
                 handled = 0
                 while message is not None:
                     kind = message["type"]
+                    if isinstance(kind, bytes):  # a cluster's pub/sub may give bytes
+                        kind = kind.decode("ascii", "replace")
                     if kind == "smessage":
                         topic = self._channels.get(message["channel"])
                         if topic is not None:
@@ -224,7 +235,7 @@ class ClusterNode(Committer):
                             event.set()
                     if handled >= BURST:
                         break
-                    message = await pubsub.get_message(timeout=0)
+                    message = await receive(timeout=0)
                 if handled:
                     self._flush()
                     self._submit_work()
