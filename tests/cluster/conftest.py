@@ -2,7 +2,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from ..redis_fixtures import redis_server, redis_server_aof  # noqa: F401
+from ..redis_fixtures import redis_cluster, redis_server, redis_server_aof  # noqa: F401
 from .support import OPEN
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from mqcore_tcp.testing_redis import RedisCluster
 
-from ..redis_fixtures import redis_cluster  # noqa: F401
 from ..wire import OK, line, lines, send, sub
 from .support import Peer, nodes
 
