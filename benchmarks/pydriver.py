@@ -5,6 +5,10 @@ It speaks the aiomemq protocol and runs the same workloads as ``mqload``
 ``"driver": "python-driver"``. It shares the CPU with the broker and is far
 slower than ``mqload``, so its figures show that the broker works and give
 rough numbers only: compare brokers with ``mqload``.
+
+Unlike ``mqload`` it can subscribe on one server and publish on another
+(``sub_port``), for the nodes of a cluster, and send ``delivery: one``
+(``delivery``); both are options of :func:`run_workload`.
 """
 
 from __future__ import annotations
@@ -97,10 +101,11 @@ class _Conn:
         self.writer.close()
 
 
-def _send_line(topic: str, msg: bytes) -> bytes:
-    return b'{"command":"send","topic":"%s","msg":"%s","delivery":"all"}\r\n' % (
+def _send_line(topic: str, msg: bytes, delivery: str = "all") -> bytes:
+    return b'{"command":"send","topic":"%s","msg":"%s","delivery":"%s"}\r\n' % (
         topic.encode(),
         msg,
+        delivery.encode(),
     )
 
 
@@ -109,10 +114,10 @@ def _payload(prefix: bytes = b"") -> bytes:
 
 
 async def _publisher(
-    conn: _Conn, topic: str, acks: list[int], index: int, stop: asyncio.Event
+    conn: _Conn, topic: str, acks: list[int], index: int, stop: asyncio.Event, delivery: str
 ) -> int:
     """Pipeline sends, at most ``WINDOW`` unconfirmed; return how many were sent."""
-    batch = _send_line(topic, _payload()) * BATCH
+    batch = _send_line(topic, _payload(), delivery) * BATCH
     acked = asyncio.Event()
     sent = 0
 
@@ -142,11 +147,18 @@ async def _publisher(
 
 
 async def _pubsub(
-    port: int, topics: int, subs_per_topic: int, duration: float, warmup: float, pid: int | None
+    port: int,
+    topics: int,
+    subs_per_topic: int,
+    duration: float,
+    warmup: float,
+    pid: int | None,
+    sub_port: int | None = None,
+    delivery: str = "all",
 ) -> dict[str, Any]:
     prefix = f"pyd{os.getpid()}-{time.monotonic_ns()}-"
     names = [f"{prefix}{t}" for t in range(topics)]
-    subs = [await _Conn.open(port) for _ in range(topics * subs_per_topic)]
+    subs = [await _Conn.open(sub_port or port) for _ in range(topics * subs_per_topic)]
     for i, sub in enumerate(subs):
         await sub.subscribe(names[i // subs_per_topic])
     delivered = [0] * len(subs)
@@ -158,7 +170,8 @@ async def _pubsub(
     ]
     pubs = [await _Conn.open(port) for _ in range(topics)]
     publishers = [
-        asyncio.create_task(_publisher(p, names[i], acks, i, stop)) for i, p in enumerate(pubs)
+        asyncio.create_task(_publisher(p, names[i], acks, i, stop, delivery))
+        for i, p in enumerate(pubs)
     ]
     await asyncio.sleep(warmup)
     d0, a0, cpu = sum(delivered), sum(acks), _CpuMeter(pid)
@@ -167,8 +180,9 @@ async def _pubsub(
     d1, a1, elapsed, cpu_pct = sum(delivered), sum(acks), time.monotonic() - t0, cpu.percent()
     stop.set()
     sent = sum(await asyncio.gather(*publishers))
+    expected = sent if delivery == "one" else sent * subs_per_topic
     deadline = time.monotonic() + 3
-    while sum(delivered) < sent * subs_per_topic and time.monotonic() < deadline:
+    while sum(delivered) < expected and time.monotonic() < deadline:
         progress.clear()
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(progress.wait(), timeout=max(deadline - time.monotonic(), 0))
@@ -179,16 +193,21 @@ async def _pubsub(
     return {
         "deliver_rate": round((d1 - d0) / elapsed, 1),
         "pub_rate": round((a1 - a0) / elapsed, 1),
-        "undelivered": sent * subs_per_topic - sum(delivered),
+        "undelivered": expected - sum(delivered),
         "broker_cpu_pct": cpu_pct,
     }
 
 
 async def _latency(
-    port: int, rate: float, duration: float, warmup: float, pid: int | None
+    port: int,
+    rate: float,
+    duration: float,
+    warmup: float,
+    pid: int | None,
+    sub_port: int | None = None,
 ) -> dict[str, Any]:
     topic = f"pyd{os.getpid()}-{time.monotonic_ns()}-lat"
-    sub = await _Conn.open(port)
+    sub = await _Conn.open(sub_port or port)
     await sub.subscribe(topic)
     pub = await _Conn.open(port)
     samples: list[int] = []
@@ -311,10 +330,13 @@ async def _conns(port: int, n: int, rounds: int, pid: int | None) -> dict[str, A
 
 async def _run(name: str, port: int, opts: dict[str, Any], pid: int | None) -> dict[str, Any]:
     duration, warmup = float(opts["duration"]), float(opts["warmup"])
+    sub_port: int | None = opts.get("sub_port")
+    delivery = str(opts.get("delivery", "all"))
+    subs, pairs = int(opts.get("subs", 1)), int(opts.get("pairs", 20))
     runners: dict[str, Callable[[], Awaitable[dict[str, Any]]]] = {
-        "throughput": lambda: _pubsub(port, 1, int(opts.get("subs", 1)), duration, warmup, pid),
-        "pairs": lambda: _pubsub(port, int(opts.get("pairs", 20)), 1, duration, warmup, pid),
-        "latency": lambda: _latency(port, float(opts["rate"]), duration, warmup, pid),
+        "throughput": lambda: _pubsub(port, 1, subs, duration, warmup, pid, sub_port, delivery),
+        "pairs": lambda: _pubsub(port, pairs, 1, duration, warmup, pid, sub_port, delivery),
+        "latency": lambda: _latency(port, float(opts["rate"]), duration, warmup, pid, sub_port),
         "conns": lambda: _conns(port, int(opts["conns"]), int(opts.get("rounds", 5)), pid),
     }
     return await asyncio.wait_for(runners[name](), timeout=duration + warmup + 60)
@@ -326,7 +348,10 @@ def run_workload(
     """Run workload ``name`` (``throughput``, ``pairs``, ``latency``, ``conns``) on ``port``.
 
     ``opts`` holds ``duration``, ``warmup`` and the workload's own options
-    (``subs``, ``pairs``, ``rate``, ``conns``, ``rounds``). Returns a dict
+    (``subs``, ``pairs``, ``rate``, ``conns``, ``rounds``); ``sub_port``
+    puts the subscribers of ``throughput``, ``pairs`` and ``latency`` on
+    another server, ``delivery`` (``all`` or ``one``) is what every
+    ``throughput``/``pairs`` send asks for. Returns a dict
     with mqload's keys; ``ok`` is False (with ``error``) when the run failed.
     """
     result: dict[str, Any] = {"driver": DRIVER_NAME, "workload": name, "proto": "aiomemq"}

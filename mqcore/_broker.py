@@ -48,6 +48,7 @@ from ._acks import (
     WorkQueues,
 )
 from ._auth import Grant, HelloRequest, Pending
+from ._cluster_batch import TopicBatch
 from ._commands import REASONS
 from ._connection import Connection, ConnectionId
 from ._guard import Guarded, SendFn, hello_for
@@ -108,9 +109,19 @@ class Output:
     #: ``hello`` commands the transport must act on: credentials to check
     #: (answer :meth:`Broker.auth_result`) and agreed heartbeats (see :mod:`mqcore._auth`).
     hellos: list[HelloRequest] = field(default_factory=list)
+    #: Cluster mode only (:mod:`mqcore._cluster`): sends to publish through the
+    #: backend before this output is released, one batch per topic.
+    publishes: list[TopicBatch] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.writes or self.close or self.records or self.after_write or self.hellos)
+        return bool(
+            self.writes
+            or self.close
+            or self.records
+            or self.after_write
+            or self.hellos
+            or self.publishes
+        )
 
 
 class Broker(Guarded):
@@ -191,6 +202,9 @@ class Broker(Guarded):
         self._next_id = 0
         self._dirty: list[Connection] = []
         self._close: list[ConnectionId] = []
+        # Cluster mode: connections paused in the middle of their input (a
+        # subscribe waits for its topic's mirror), with the input kept.
+        self._held: dict[ConnectionId, list[bytes]] = {}
         # Counters for monitoring (see stats()), bumped once per read or
         # per output, never per message: they cost nothing on the hot path.
         self._lines = 0
@@ -262,6 +276,9 @@ class Broker(Guarded):
                 self._undecodable(conn, line)
                 if conn.closing:  # `quit`: ignore the rest
                     break
+                if self._held and conn.id in self._held:
+                    self._hold_rest(conn, lines, line, tail)
+                    break
                 continue
             try:
                 # Most lines are sends: test for them first.
@@ -270,12 +287,27 @@ class Broker(Guarded):
                     send(conn, command, line)
                 else:
                     self._command(conn, command)
+                    if self._held and conn.id in self._held:
+                        self._hold_rest(conn, lines, line, tail)
+                        break
             except Exception:
                 self._fail(conn, _INTERNAL_ERROR)
+        else:
+            self._keep_tail(conn, tail, limit)
         self._lines += len(lines)
         self._sends += sends
+
+    def _keep_tail(self, conn: Connection, tail: bytes, limit: int) -> None:
         if not conn.closing and conn.keep(tail, limit):
             self._fail(conn, _LINE_TOO_LONG)
+
+    def _hold_rest(self, conn: Connection, lines: list[bytes], line: bytes, tail: bytes) -> None:
+        """Cluster mode: keep the input after ``line`` until the connection resumes."""
+        # By identity: a subscribe line is never one of bytes' shared singletons.
+        position = next(i for i, each in enumerate(lines) if each is line)
+        held = self._held[conn.id]
+        held.extend(each + b"\n" for each in lines[position + 1 :])
+        held.append(tail)
 
     def take_output(self) -> Output:
         """Return (and forget) everything produced since the last call."""

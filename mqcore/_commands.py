@@ -298,6 +298,8 @@ REASONS: Final = {
         Reason.TOO_MANY_TOPICS,
         Reason.TOPIC_TOO_LONG,
         Reason.STORAGE_UNAVAILABLE,
+        Reason.BACKEND_UNAVAILABLE,
+        Reason.NOT_IN_CLUSTER,
         Reason.INTERNAL_ERROR,
         Reason.SEND_TO_PATTERN,
         Reason.PATTERN_EMPTY_TOKEN,

@@ -6,7 +6,10 @@ timeout; 130 interrupted (Ctrl-C). Errors are one line on stderr.
 
 Where the server is: ``--url`` (``mqcore://host:port``, ``unix:///path`` or
 ``host:port``), else ``--host``/``--port`` (``--host`` may be ``host:port``),
-else the ``MQCORE_URL`` environment variable, else 127.0.0.1:7000. These
+else the ``MQCORE_URL`` environment variable, else 127.0.0.1:7000. Several
+servers (nodes of one cluster): ``--url`` repeated, or URLs separated by
+commas in ``--url`` or ``MQCORE_URL``; the client tries them in order and,
+with ``--reconnect``, fails over to the next (see ``_dialer``). These
 global options go before or after the command: each is defined on the main
 parser and again on every command's parser with no default (``SUPPRESS``),
 so a value given after the command overrides one given before, and one
@@ -38,7 +41,7 @@ from ._client import Client
 from ._connect import connect
 from ._errors import ConnectionLostError, MQError, MQTimeoutError
 from ._protocol import Received
-from ._url import DEFAULT_HOST, DEFAULT_PORT, Address, parse_url
+from ._url import DEFAULT_HOST, DEFAULT_PORT, Address, parse_url, parse_urls
 from ._web_cli import WEB_COMMANDS, add_web_commands, run_web_command
 
 _T = TypeVar("_T")
@@ -64,9 +67,10 @@ def _global_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
     where = parser.add_argument_group("server")
     where.add_argument(
         "--url",
+        action="append",
         default=default(None),
-        help=f"mqcore://HOST:PORT, unix:///PATH or HOST:PORT (default: ${ENV_URL}, "
-        f"else {DEFAULT_HOST}:{DEFAULT_PORT})",
+        help=f"mqcore://HOST:PORT, unix:///PATH or HOST:PORT; several servers: repeat it "
+        f"or separate URLs with commas (default: ${ENV_URL}, else {DEFAULT_HOST}:{DEFAULT_PORT})",
     )
     where.add_argument(
         "--host", default=default(None), help="server host, or HOST:PORT (instead of --url)"
@@ -199,22 +203,22 @@ def _seconds(text: str) -> float:
     return value
 
 
-def _address(args: argparse.Namespace) -> Address:
-    """Where the server is (see the module docstring); raise ValueError if it cannot be read."""
+def _addresses(args: argparse.Namespace) -> list[Address]:
+    """Where the servers are (see the module docstring); raise ValueError if they cannot be read."""
     if args.url is not None:
-        return parse_url(args.url)
+        return [address for url in args.url for address in parse_urls(url)]
     if args.host is not None or args.port is not None:
         base = parse_url(args.host) if args.host is not None else Address()
         if args.port is None or base.path is not None:
-            return base
-        return Address(host=base.host, port=args.port)
+            return [base]
+        return [Address(host=base.host, port=args.port)]
     env = os.environ.get(ENV_URL, "")
     if env.strip():
         try:
-            return parse_url(env)
+            return parse_urls(env)
         except ValueError as exc:
             raise ValueError(f"${ENV_URL}: {exc}") from None
-    return Address()
+    return [Address()]
 
 
 def _connect_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -242,8 +246,8 @@ async def _stdin_lines() -> AsyncIterator[str]:
         yield tail.rstrip(b"\r").decode()
 
 
-async def _send(args: argparse.Namespace, address: Address) -> None:
-    async with connect(address.url, **_connect_options(args)) as client:
+async def _send(args: argparse.Namespace, addresses: list[Address]) -> None:
+    async with connect(addresses, **_connect_options(args)) as client:
         if args.message != "-":
             await client.send(args.topic, args.message, args.delivery, args.cache)
             return
@@ -253,8 +257,8 @@ async def _send(args: argparse.Namespace, address: Address) -> None:
         await client.flush()
 
 
-async def _subscribe(args: argparse.Namespace, address: Address) -> None:
-    async with connect(address.url, reconnect=args.reconnect, **_connect_options(args)) as client:
+async def _subscribe(args: argparse.Namespace, addresses: list[Address]) -> None:
+    async with connect(addresses, reconnect=args.reconnect, **_connect_options(args)) as client:
         if args.ack:
             await _consume(args, client)
             return
@@ -311,9 +315,9 @@ def _print(args: argparse.Namespace, message: Received) -> None:
 
 
 async def _interruptible(
-    command: Callable[[argparse.Namespace, Address], Awaitable[None]],
+    command: Callable[[argparse.Namespace, list[Address]], Awaitable[None]],
     args: argparse.Namespace,
-    address: Address,
+    addresses: list[Address],
 ) -> bool:
     """Run ``command``; return True if SIGINT cancelled it. Errors are raised as they are."""
     interrupted = False
@@ -332,7 +336,7 @@ async def _interruptible(
         if threading.current_thread() is threading.main_thread():
             tg.start_soon(on_sigint)
         try:
-            await command(args, address)
+            await command(args, addresses)
         except Exception as exc:
             error = exc  # Raised outside the task group, which would wrap it.
         tg.cancel_scope.cancel()
@@ -356,12 +360,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in WEB_COMMANDS:
         return run_web_command(args)
     try:
-        address = _address(args)
+        addresses = _addresses(args)
     except ValueError as exc:
         parser.error(str(exc))
     command = _send if args.command == "send" else _subscribe
     try:
-        if anyio.run(_interruptible, command, args, address):
+        if anyio.run(_interruptible, command, args, addresses):
             return EXIT_INTERRUPTED
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

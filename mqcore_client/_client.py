@@ -15,18 +15,18 @@ the bytes. The client adds what needs a clock or a task:
   are unanswered or 256 KiB are unwritten, so memory stays bounded.
 - **The connection's life.** One task connects (the first failure is
   raised by :func:`connect`), runs a connection until it ends, and with
-  ``reconnect`` tries again with exponential backoff and full jitter; the
-  session re-issues every subscription from where it stopped.
+  ``reconnect`` tries again; the session re-issues every subscription from
+  where it stopped. Which server (of several addresses) and when is the
+  :class:`~mqcore_client._dialer.Dialer`'s rule.
 - **Credentials, TLS, heartbeats** go in every connection's ``hello``
   (see ``_hello``); an :class:`AuthenticationError` ends the client, never retried.
 """
 
 from __future__ import annotations
 
-import random
 import ssl
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Final
 
 import anyio
@@ -46,17 +46,11 @@ from mqcore import (
 )
 from mqcore._subjects import is_pattern
 
-from ._connection import Connection, open_stream
+from ._connection import Connection
 from ._consume import Consumer, ConsumerState
-from ._errors import (
-    AuthenticationError,
-    ConnectionLostError,
-    ConnectTimeoutError,
-    MQTimeoutError,
-    ProtocolError,
-    ServerError,
-)
-from ._hello import heartbeat, hello_command, refusal_of
+from ._dialer import Dialer, handshake
+from ._errors import ConnectionLostError, MQTimeoutError, ServerError
+from ._hello import heartbeat
 from ._pattern_state import PatternSubscriptionState
 from ._session import Request, Session
 from ._subscription import Subscription
@@ -96,7 +90,7 @@ class Client:
 
     def __init__(
         self,
-        address: Address,
+        addresses: Address | Sequence[Address],
         *,
         connect_timeout: float,
         timeout: float | None,
@@ -117,13 +111,20 @@ class Client:
     ) -> None:
         if max_in_flight < 1 or max_queued < 1 or max_queued_bytes < 1:
             raise ValueError("max_in_flight, max_queued and max_queued_bytes must be >= 1")
-        #: Where the server is.
-        self.address = address
+        self._dialer = Dialer(
+            addresses,
+            connect_timeout=connect_timeout,
+            ssl_context=ssl_context,
+            reconnect_delay=reconnect_delay,
+            reconnect_max_delay=reconnect_max_delay,
+            token=token,
+            user=user,
+            password=password,
+            heartbeat=heartbeat,
+        )
         self._connect_timeout = connect_timeout
         self._timeout = timeout
         self._reconnect = reconnect
-        self._reconnect_delay = reconnect_delay
-        self._reconnect_max_delay = reconnect_max_delay
         self._offline_timeout = offline_timeout
         self._max_in_flight = max_in_flight
         self._low_water = max_in_flight // 2
@@ -131,13 +132,6 @@ class Client:
         self._max_queued_bytes = max_queued_bytes
         self._on_disconnect = on_disconnect
         self._on_reconnect = on_reconnect
-        self._ssl_context = ssl_context
-        self._hello = hello_command(
-            token=token,
-            user=user if user is not None else address.user,
-            password=password if password is not None else address.password,
-            heartbeat=heartbeat,
-        )
         self._session = Session()
         self._conn: Connection | None = None
         self.started = anyio.Event()
@@ -150,6 +144,16 @@ class Client:
         self._window: anyio.Event | None = None
 
     # -- public API ---------------------------------------------------------------
+
+    @property
+    def address(self) -> Address:
+        """Where the server in use (or being tried) is."""
+        return self._dialer.address
+
+    @property
+    def addresses(self) -> list[Address]:
+        """Every server address the client may use, in the order given."""
+        return list(self._dialer.addresses)
 
     @property
     def host(self) -> str:
@@ -376,43 +380,24 @@ class Client:
         :func:`connect` waits for it and raises its error, so no exception
         crosses a task group.
         """
-        delay = self._reconnect_delay
-        first = True
-        while True:
-            error: ConnectionLostError
-            try:
-                with anyio.fail_after(self._connect_timeout):
-                    stream = await open_stream(self.address, self._ssl_context)
-            except TimeoutError:
-                error = ConnectTimeoutError(
-                    f"timed out connecting to {self.address} after {self._connect_timeout} s"
-                )
-            except ConnectionLostError as exc:
-                error = exc
-            else:
-                established, error = await self._serve(stream, first)
-                if established:
-                    first = False
-                    delay = self._reconnect_delay
-            if first or isinstance(error, AuthenticationError):
-                if not self.started.is_set():
-                    self.start_error = error
-                    self.started.set()
-                    return
-                self.shut(error)  # the same credentials would be refused again
-                return
-            if self._closing or not self._reconnect:
-                self.shut(error)
-                return
-            # Full jitter, so that many clients of one restarted server spread out.
-            await anyio.sleep(random.uniform(delay / 2, delay))
-            delay = min(delay * 2, self._reconnect_max_delay)
+        await self._dialer.run(self._serve, self._give_up, self._may_reconnect)
+
+    def _may_reconnect(self) -> bool:
+        return self._reconnect and not self._closing
+
+    def _give_up(self, error: ConnectionLostError) -> None:
+        """End the client with ``error``: raised by :func:`connect` if it never started."""
+        if not self.started.is_set():
+            self.start_error = error
+            self.started.set()
+        else:
+            self.shut(error)
 
     async def _serve(
         self, stream: anyio.abc.ByteStream, first: bool
     ) -> tuple[bool, ConnectionLostError]:
         """Run one connection: handshake, resubscribe, then serve until it ends."""
-        hello = self._session.start_connection(self._hello)
+        hello = self._session.start_connection(self._dialer.hello)
         conn = Connection(
             stream, self._session, self.address, on_input=self._release, on_lost=self._lost
         )
@@ -422,7 +407,9 @@ class Client:
                 tg.start_soon(conn.read_loop)
                 tg.start_soon(conn.write_loop)
                 conn.kick()
-                info = await self._handshake(conn, hello)
+                info = await handshake(
+                    self._session, conn, hello, self.address, self._connect_timeout
+                )
                 if conn.error is None:
                     established = True
                     self._session.establish(info, first=first)
@@ -441,35 +428,6 @@ class Client:
                 await stream.aclose()
         assert conn.error is not None
         return established, conn.error
-
-    async def _handshake(self, conn: Connection, hello: Request) -> HelloReply | None:
-        """Wait for ``hello``'s reply: the server's description, or ``None`` for a plain one."""
-        if not hello.done:
-            done = anyio.Event()
-            hello.notify = done.set
-            with anyio.move_on_after(self._connect_timeout):
-                await done.wait()
-        if not hello.done:
-            conn.end(
-                ConnectTimeoutError(
-                    f"{self.address} did not answer hello within {self._connect_timeout} s"
-                )
-            )
-            return None
-        if isinstance(hello.error, ConnectionLostError):
-            return None  # conn.error says why.
-        if isinstance(hello.error, ServerError):
-            refusal = refusal_of(hello.error.reason, self.address)
-            if refusal is not None:
-                conn.end(refusal)
-                # The server's reason, not how the stream then ended (it closes right after).
-                conn.error = refusal
-                return None
-        try:
-            return self._session.hello_reply(hello)
-        except ProtocolError as exc:
-            conn.end(exc)
-            return None
 
     def _lost(self, conn: Connection, error: ConnectionLostError) -> None:
         """The connection ended: fail what it owed, and go offline."""

@@ -9,9 +9,8 @@ Leaving the block flushes (bounded by ``timeout``), then closes.
 from __future__ import annotations
 
 import ssl
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import replace
 from functools import partial
 
 import anyio
@@ -24,13 +23,13 @@ from ._client import (
     Client,
 )
 from ._errors import ConnectionLostError
-from ._url import DEFAULT_HOST, DEFAULT_PORT, Address, parse_url
+from ._url import DEFAULT_HOST, DEFAULT_PORT, Address, parse_urls
 
 __all__ = ["connect", "resolve"]
 
 
 def connect(
-    host: str = DEFAULT_HOST,
+    host: str | Address | Sequence[str | Address] = DEFAULT_HOST,
     port: int | None = None,
     *,
     connect_timeout: float = 10.0,
@@ -53,7 +52,12 @@ def connect(
     """Connect to a server: ``async with connect(host, port) as client: ...``.
 
     ``host`` may also be a URL: ``connect("mqcore://host:7000")``,
-    ``connect("unix:///run/mq.sock")`` (then give no ``port``).
+    ``connect("unix:///run/mq.sock")`` (then give no ``port``), or several
+    servers: a list of URLs or one string of them separated by commas
+    (``connect(["mqcore://a:7000", "mqcore://b:7001"], reconnect=True)``).
+    The first connection tries them in order; a reconnection tries the next
+    after the one that failed, round-robin, and resumes every subscription
+    there (see ``mqcore_client._dialer``).
     ``connect_timeout`` bounds the connect plus the ``hello`` handshake
     (:class:`ConnectTimeoutError`, both a :class:`ConnectError` and an
     :class:`MQTimeoutError`); a refused connection raises :class:`ConnectError`.
@@ -87,11 +91,11 @@ def connect(
     asks for heartbeats: a server silent for that long is taken for dead
     (and, with ``reconnect``, reconnected to).
     """
-    address = resolve(host, port)
+    addresses = resolve(host, port)
     return _run_client(
         partial(
             Client,
-            address,
+            addresses,
             connect_timeout=connect_timeout,
             timeout=timeout,
             reconnect=reconnect,
@@ -112,16 +116,13 @@ def connect(
     )
 
 
-def resolve(host: str, port: int | None) -> Address:
-    """``connect``'s ``host`` and ``port`` as an address: a URL, or a host and a port."""
-    if "://" in host or host.startswith("unix:"):
-        if port is not None:
-            raise ValueError("give either a URL or a host and a port, not both")
-        if host[:6].lower() == "wss://":
-            # ws:// over TLS: the WebSocket stream (_ws) sees the wss:// URL.
-            return replace(parse_url("ws://" + host[6:]), tls=True, websocket=host)
-        return parse_url(host)
-    return Address(host=host, port=DEFAULT_PORT if port is None else port)
+def resolve(host: str | Address | Sequence[str | Address], port: int | None) -> list[Address]:
+    """``connect``'s ``host`` and ``port`` as addresses: URLs, or a host and a port."""
+    if isinstance(host, str) and not ("," in host or "://" in host or host.startswith("unix:")):
+        return [Address(host=host, port=DEFAULT_PORT if port is None else port)]
+    if port is not None:
+        raise ValueError("give either URLs or a host and a port, not both")
+    return parse_urls(host)
 
 
 @asynccontextmanager

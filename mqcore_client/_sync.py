@@ -6,7 +6,7 @@ Wrapping rather than re-implementing keeps one copy of the protocol handling
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack
 from functools import partial
 from types import TracebackType
@@ -22,7 +22,7 @@ from ._connect import connect
 from ._errors import MQError, MQTimeoutError
 from ._protocol import Received
 from ._subscription import Subscription
-from ._url import DEFAULT_HOST
+from ._url import DEFAULT_HOST, Address
 
 __all__ = ["SyncClient", "SyncSubscription"]
 
@@ -51,13 +51,19 @@ class _ExitsOnce:
 class SyncClient(_ExitsOnce):
     """A blocking client for scripts and REPLs: ``with SyncClient(host, port) as client:``.
 
-    ``host`` may be a URL. Takes the same keyword options as
+    ``host`` may be a URL, or several (a list, or URLs separated by commas:
+    see :func:`mqcore_client.connect`). Takes the same keyword options as
     :func:`mqcore_client.connect` (``connect_timeout``, ``timeout``,
     ``reconnect``, ``offline_timeout``, ...) and raises the same errors. It is
     safe to use from several threads.
     """
 
-    def __init__(self, host: str = DEFAULT_HOST, port: int | None = None, **options: Any) -> None:
+    def __init__(
+        self,
+        host: str | Address | Sequence[str | Address] = DEFAULT_HOST,
+        port: int | None = None,
+        **options: Any,
+    ) -> None:
         self.host = host
         self.port = port
         self._options = options

@@ -10,15 +10,20 @@ line (``--url``, ``MQCORE_URL``), so both accept the same spellings:
   percent-encoded in the URL; they are never part of ``str()``, ``url`` or a repr;
 - ``unix:///PATH`` (or ``unix:PATH``): a Unix-domain socket;
 - ``HOST:PORT``, ``HOST`` or ``:PORT``: TCP, a shorthand without a scheme.
+
+Several servers (nodes of one cluster, or a server and its standby) are a
+list of such addresses, or one string of them separated by commas
+(:func:`parse_urls`); a comma inside credentials is written ``%2C``.
 """
 
 from __future__ import annotations
 
 import urllib.parse
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
-__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "Address", "parse_url"]
+__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "Address", "parse_url", "parse_urls"]
 
 DEFAULT_HOST: Final = "127.0.0.1"
 DEFAULT_PORT: Final = 7000
@@ -89,14 +94,38 @@ def parse_url(url: str) -> Address:
             user=user,
             password=password,
         )
-    if scheme == "ws":
+    if scheme in ("ws", "wss"):
         parts = urllib.parse.urlsplit(text)
         if not parts.hostname:
-            raise ValueError(f"{_safe(url)!r}: a ws:// address needs a host")
-        return Address(parts.hostname, parts.port or 80, websocket=text)
+            raise ValueError(f"{_safe(url)!r}: a {scheme}:// address needs a host")
+        tls = scheme == "wss"
+        # The WebSocket stream (_ws) connects to the URL itself, TLS for wss://.
+        return Address(parts.hostname, parts.port or (443 if tls else 80), tls=tls, websocket=text)
     raise ValueError(
-        f"{_safe(url)!r}: unknown scheme {scheme!r} (use mqcore://, mqcores://, unix:// or ws://)"
+        f"{_safe(url)!r}: unknown scheme {scheme!r}"
+        " (use mqcore://, mqcores://, unix://, ws:// or wss://)"
     )
+
+
+def parse_urls(urls: str | Address | Sequence[str | Address]) -> list[Address]:
+    """Read one or more addresses: a list, or a string of them separated by commas.
+
+    Raise :class:`ValueError` for an empty list, an empty entry or a bad address.
+    """
+    if isinstance(urls, Address):
+        return [urls]
+    entries = urls.split(",") if isinstance(urls, str) else list(urls)
+    if not entries:
+        raise ValueError("no server address given")
+    addresses = []
+    for entry in entries:
+        if isinstance(entry, Address):
+            addresses.append(entry)
+        elif not entry.strip():
+            raise ValueError(f"empty server address in {_safe(str(urls))!r}")
+        else:
+            addresses.append(parse_url(entry))
+    return addresses
 
 
 def _safe(url: str) -> str:

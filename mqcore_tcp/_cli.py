@@ -249,6 +249,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         type=str.upper,
         help="logging level (default: %(default)s)",
     )
+    parser.add_argument(
+        "--cluster",
+        metavar="URL",
+        default=None,
+        help="be a node of the broker kept in this Redis 7+ (redis://[:PASSWORD@]HOST:PORT/DB, "
+        "rediss://). asyncio only; every node needs the same --cache-size (else it refuses "
+        "to start); ack subscriptions are refused",
+    )
     storage = parser.add_argument_group(
         "durability",
         "Without --data-dir the broker keeps everything in memory, like the reference: "
@@ -280,6 +288,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         f"(default: {DEFAULT_FSYNC})",
     )
     args = parser.parse_args(argv)
+    if args.cluster is not None and args.backend == "trio":
+        parser.error("--cluster needs --backend asyncio (the Redis client is asyncio-only)")
+    if args.cluster is not None and args.data_dir is not None:
+        parser.error("--cluster and --data-dir exclude each other: Redis is the store")
     if args.fsync is not None and args.data_dir is None:
         parser.error("--fsync needs --data-dir")
     args.fsync = args.fsync or DEFAULT_FSYNC
@@ -325,6 +337,7 @@ def config_of(args: argparse.Namespace) -> ServerConfig:
         auth_timeout=args.auth_timeout,
         max_connections=args.max_connections,
         line_timeout=args.line_timeout,
+        cluster=args.cluster,
     )
 
 
@@ -354,8 +367,14 @@ async def _run(args: argparse.Namespace) -> None:
     try:
         if args.data_dir is not None:
             store = SQLiteStore.in_directory(args.data_dir, fsync=args.fsync)
+        config = config_of(args)
+        broker = None
+        if args.cluster is not None:
+            from .cluster import node_broker_or_exit  # imports redis: cluster mode only
+
+            broker = await node_broker_or_exit(config)
         try:
-            server = TCPServer(config_of(args), store=store)
+            server = TCPServer(config, store=store, broker=broker)
         except ValueError as exc:  # a TLS certificate or key, the auth file: one line
             log.error("%s", exc)
             raise SystemExit(1) from None

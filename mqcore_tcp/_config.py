@@ -78,6 +78,8 @@ class ServerConfig:
     auth_timeout: float = DEFAULT_AUTH_TIMEOUT
     max_connections: int | None = None
     line_timeout: float = DEFAULT_LINE_TIMEOUT
+    #: Cluster mode: the Redis URL of the cluster (see mqcore_tcp.cluster).
+    cluster: str | None = None
 
     def urls(self) -> tuple[str, ...]:
         """The listener URLs this configuration asks for."""

@@ -112,6 +112,11 @@ class Hub:
                 TimedStore(store, self.commit_timing), self._apply, self._storage_changed
             )
         )
+        if config.cluster is not None:
+            # Cluster mode: Redis in place of a store (redis is imported only then).
+            from .cluster import node_for
+
+            self._committer = node_for(config, self.broker, self._apply, self.flush)
         self._links: dict[ConnectionId, Link] = {}
         #: Every live connection, by id (the Watch's view).
         self.links: Final = self._links

@@ -7,10 +7,13 @@ import itertools
 import json
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from benchmarks import client_bench, common, core_bench, durable_bench, run
+from benchmarks import client_bench, cluster_bench, common, core_bench, durable_bench, run
+
+from ..redis_fixtures import need_cluster_mode
 
 BENCHMARKS = Path(run.__file__).resolve().parent
 
@@ -149,3 +152,38 @@ def test_durable_benchmark_disk_part_runs(capsys: pytest.CaptureFixture[str]) ->
     argv = ["--skip-throughput", "--sends", "500", "--topics", "5", "--cache-size", "10"]
     assert durable_bench.main(argv) == 0
     assert "data dir after a graceful stop" in capsys.readouterr().out
+
+
+def _cluster_bench_rows(tmp_path: Path, setups: str) -> list[dict[str, Any]]:
+    out = tmp_path / "cluster.json"
+    assert cluster_bench.main(["--quick", "--setups", setups, "--json", str(out)]) == 0
+    rows: list[dict[str, Any]] = json.loads(out.read_text())["results"]
+    return rows
+
+
+def test_cluster_bench_single_node_setup_runs_without_redis(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rows = _cluster_bench_rows(tmp_path, "single")
+    assert [(r["setup"], r["case"]) for r in rows] == [
+        ("single", case.key) for case in cluster_bench.CASES
+    ]
+    assert all(r["ok"] and r["driver"] == "python-driver" for r in rows)
+    assert all(r["undelivered"] == 0 for r in rows if r["workload"] == "throughput")
+    assert "1->50    single" in capsys.readouterr().out
+
+
+def test_cluster_bench_crosses_two_nodes_on_redis(tmp_path: Path) -> None:
+    need_cluster_mode()
+    rows = _cluster_bench_rows(tmp_path, "cluster,single")
+    assert [r["setup"] for r in rows] == ["cluster"] * 4 + ["single"] * 4
+    failed = [(r["case"], r.get("error")) for r in rows if not r["ok"]]
+    assert not failed
+    cluster = rows[0]
+    assert set(cluster["cpu_pct"]) == {"redis", "node A", "node B"}
+
+
+def test_cluster_bench_refuses_unknown_setups() -> None:
+    with pytest.raises(SystemExit) as exit_:
+        cluster_bench.main(["--setups", "galaxy"])
+    assert exit_.value.code == 2

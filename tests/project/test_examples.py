@@ -16,10 +16,11 @@ import anyio.to_thread
 import pytest
 
 from benchmarks import client_bench
-from examples import chat, custom_transport, embedded, resumable_consumer, work_queue
+from examples import chat, cluster, custom_transport, embedded, resumable_consumer, work_queue
 from mqcore_client import Received, connect
 
 from ..client.support import serving
+from ..redis_fixtures import need_cluster_mode
 
 pytestmark = pytest.mark.anyio
 
@@ -176,3 +177,17 @@ def test_client_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
     table = capsys.readouterr().out
     for case in ("send (awaited)", "publish + flush", "consume"):
         assert case in table
+
+
+def test_the_cluster_example_shows_one_broker_across_three_nodes(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    need_cluster_mode()
+    assert cluster.main([]) == 0
+    out = capsys.readouterr().out
+    assert "node 2 got 'sent on node 1' #0" in out
+    assert "node 3 got 'sent on node 1' #0" in out
+    assert "replays what it missed: ['later 0', 'later 1', 'later 2']" in out
+    assert "each taken once: ['job 0 on" in out
+    assert "then #1 'after', gap=False" in out
+    assert out.rstrip().endswith("stopped everything")

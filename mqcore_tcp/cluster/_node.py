@@ -1,0 +1,343 @@
+"""The node runtime: plugs a :class:`~mqcore._cluster.ClusterBroker` into the hub, over Redis.
+
+The hub hands every output to :meth:`ClusterNode.submit`, as it would to a
+committer. Theory of operation:
+
+- **Publishing.** An output with sends (``Output.publishes``) waits in a
+  queue; a writer task takes every queued output at once, sends all their
+  batches to Redis in ONE pipeline (one script call per topic, the topic's
+  messages in order), then releases the outputs in order. Outputs submitted
+  meanwhile (with sends or not) queue behind, so nothing overtakes a reply.
+  A topic whose script failed (or every topic, on a timeout or a lost
+  connection) has its senders' replies replaced by ``Backend unavailable``:
+  a script did all of its topic's batch or nothing.
+- **Deliveries.** A listener task reads the sharded pub/sub channels of the
+  topics the core mirrors and feeds each batch to the core, then flushes
+  the hub once per burst of messages.
+- **Work.** Mirror loads (after the channel is subscribed: then the load's
+  snapshot and the live batches overlap, and the core drops the overlap),
+  drops and returned ``one`` messages run in order in a worker task.
+- **Heartbeat.** Every :data:`HEARTBEAT` seconds the node renews its
+  registration for each topic it has subscribers of and reads the epoch;
+  a missing epoch (Redis lost its data) gets a new one, logged.
+- **Unavailable.** Any failed call makes the node unavailable: sends are
+  refused at once, ``/healthz`` answers 503; the heartbeat retries with a
+  growing delay, and on success the node resubscribes and reloads every
+  mirror (filling gaps from the cache).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Final
+
+import anyio
+from redis.exceptions import RedisClusterException, RedisError
+
+from mqcore import ConnectionId, Output, Reason, Record, error_reply
+from mqcore._cluster import ClusterBroker, ClusterWork, TopicBatch
+
+from .._commit import Committer
+from ._backend import CALL_TIMEOUT, Backend, BackendError
+from ._keys import TopicKeys, parse_batch
+
+__all__ = ["HEARTBEAT", "ClusterNode"]
+
+log = logging.getLogger("mqcore_tcp.cluster")
+
+#: Seconds between heartbeats (registrations live REGISTRATION_TTL ms).
+HEARTBEAT: Final = 1.0
+#: Seconds between reconnection attempts: growing, then the last, repeated.
+RETRY_DELAYS: Final = (0.1, 0.25, 0.5, 1.0, 2.0)
+#: Outputs that may wait for Redis before readers stop reading.
+MAX_QUEUED_OUTPUTS: Final = 256
+#: Seconds a Redis Cluster's pub/sub waits on each shard per poll (redis-py
+#: polls shards in turn): bounds the added latency per shard.
+CLUSTER_POLL: Final = 0.005
+#: Pub/sub messages handled before the hub is flushed.
+BURST: Final = 256
+
+_BACKEND_UNAVAILABLE: Final = error_reply(Reason.BACKEND_UNAVAILABLE)
+#: What a Redis call may raise (a cluster client's own errors are not RedisError's).
+_BACKEND_ERRORS: Final = (BackendError, RedisError, RedisClusterException, OSError, TimeoutError)
+
+
+class ClusterNode(Committer):
+    """The hub's committer in cluster mode (see the module's docstring)."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        broker: ClusterBroker,
+        release: Callable[[Output], None],
+        flush: Callable[[], None],
+    ) -> None:
+        # Not Committer.__init__: there is no store; the pipeline is Redis.
+        self._backend = backend
+        self._broker = broker
+        self._release = release
+        self._flush = flush
+        self.error = None
+        self.available = True
+        self._queue: list[Output] = []
+        self._in_flight = 0
+        self._nudge = anyio.Event()
+        self._room = anyio.Event()
+        self._idle = anyio.Event()
+        self._idle.set()
+        self._work: deque[ClusterWork] = deque()
+        self._work_ready = anyio.Event()
+        self._pubsub: Any = None
+        # Channels subscribed (by bytes) and the topic of each.
+        self._channels: dict[bytes, str] = {}
+        self._confirmed: dict[bytes, anyio.Event] = {}
+        # Set while the pub/sub connection is up (loads wait for it).
+        self._connected = anyio.Event()
+
+    # -- the hub's side ---------------------------------------------------------------
+
+    def submit(self, output: Output) -> None:
+        work = self._broker.take_work()
+        if work:
+            self._work.append(work)
+            self._work_ready.set()
+        if not output.publishes and not self._queue and not self._in_flight:
+            if output:
+                self._release(output)
+            return
+        self._queue.append(output)
+        if self._idle.is_set():
+            self._idle = anyio.Event()
+        self._nudge.set()
+
+    def store_later(self, records: list[Record]) -> None:
+        """Nothing to store: the backend is Redis."""
+
+    def backlogged(self, cid: ConnectionId) -> bool:
+        # Committer.wait_for_room() and drain() wait on _room and _idle as set here.
+        return self._broker.paused(cid) or len(self._queue) >= MAX_QUEUED_OUTPUTS
+
+    def _wake(self) -> None:
+        self._nudge.set()
+
+    def _rooms(self) -> None:
+        self._room.set()
+        self._room = anyio.Event()
+
+    async def run(self) -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._writer)
+            tg.start_soon(self._listener)
+            tg.start_soon(self._worker)
+            tg.start_soon(self._heartbeat)
+
+    # -- publishing -------------------------------------------------------------------
+
+    async def _writer(self) -> None:
+        while True:
+            await self._nudge.wait()
+            self._nudge = anyio.Event()
+            batch, self._queue = self._queue, []
+            if not batch:
+                continue
+            self._in_flight = len(batch)
+            await self._publish(batch)
+            for output in batch:
+                self._release(output)
+            self._in_flight = 0
+            self._rooms()
+            if not self._queue:
+                self._idle.set()
+
+    async def _publish(self, outputs: list[Output]) -> None:
+        groups: dict[str, list[TopicBatch]] = {}
+        owners: dict[str, list[Output]] = {}
+        for output in outputs:
+            for batch in output.publishes:
+                groups.setdefault(batch.topic, []).append(batch)
+                owners.setdefault(batch.topic, []).append(output)
+        if not groups:
+            return
+        results: list[Any]
+        try:
+            results = await self._backend.publish(groups)
+        except _BACKEND_ERRORS as exc:
+            self._unavailable(exc)
+            results = [exc] * len(groups)
+        for (topic, batches), result in zip(groups.items(), results, strict=False):
+            if isinstance(result, Exception):
+                if self.available:
+                    self._unavailable(result)
+                for batch, output in zip(batches, owners[topic], strict=True):
+                    for cid, position in batch.slots:
+                        output.writes[cid][position] = _BACKEND_UNAVAILABLE
+
+    def _unavailable(self, exc: BaseException) -> None:
+        if self.available:
+            self.available = False
+            log.warning("backend unavailable (%s): sends are refused until it recovers", exc)
+            self._broker.set_backend_available(False)
+            self._flush()
+
+    # -- deliveries ---------------------------------------------------------------------
+
+    async def _listener(self) -> None:
+        attempt = 0
+        while True:
+            try:
+                await self._listen()
+            except Exception as exc:  # whatever the client raises: reconnect, never stop
+                self._unavailable(exc)
+            self._pubsub = None
+            await anyio.sleep(RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)])
+            attempt += 1
+            if self.available:
+                attempt = 0
+
+    async def _listen(self) -> None:
+        await self._backend.connect()
+        pubsub = self._backend.redis.pubsub()
+        # A Redis Cluster's pub/sub polls each shard it subscribed on in turn,
+        # waiting up to the timeout on each: a short one there (see CLUSTER_POLL).
+        receive = pubsub.get_sharded_message if self._backend.cluster else pubsub.get_message
+        wait = CLUSTER_POLL if self._backend.cluster else HEARTBEAT
+        try:
+            channels = list(self._channels)
+            if channels:
+                await pubsub.ssubscribe(*channels)
+            else:
+                await pubsub.ssubscribe(b"mq:{~}:node")  # a connection to read from
+            self._pubsub = pubsub
+            self._connected.set()
+            self._broker.resync()
+            self._flush()
+            self._submit_work()
+            broker = self._broker
+            while True:
+                message = await receive(timeout=wait)
+                handled = 0
+                while message is not None:
+                    kind = message["type"]
+                    if isinstance(kind, bytes):  # a cluster's pub/sub may give bytes
+                        kind = kind.decode("ascii", "replace")
+                    if kind == "smessage":
+                        topic = self._channels.get(message["channel"])
+                        if topic is not None:
+                            first, after, entries = parse_batch(message["data"])
+                            broker.deliver(topic, first, after, entries)
+                            handled += 1
+                    elif kind == "ssubscribe":
+                        event = self._confirmed.pop(message["channel"], None)
+                        if event is not None:
+                            event.set()
+                    if handled >= BURST:
+                        break
+                    message = await receive(timeout=0)
+                if handled:
+                    self._flush()
+                    self._submit_work()
+        finally:
+            if self._connected.is_set():
+                self._connected = anyio.Event()
+            for event in self._confirmed.values():
+                event.set()
+            self._confirmed.clear()
+            with (
+                anyio.CancelScope(shield=True),
+                anyio.move_on_after(CALL_TIMEOUT),
+                contextlib.suppress(RedisError, OSError),
+            ):
+                await pubsub.aclose()
+
+    def _submit_work(self) -> None:
+        work = self._broker.take_work()
+        if work:
+            self._work.append(work)
+            self._work_ready.set()
+
+    # -- loads, drops, returns -------------------------------------------------------------
+
+    async def _worker(self) -> None:
+        while True:
+            await self._work_ready.wait()
+            self._work_ready = anyio.Event()
+            while self._work:
+                work = self._work.popleft()
+                for topic in work.drops:
+                    await self._drop(topic)
+                for topic, take_ones in work.loads:
+                    await self._load(topic, take_ones)
+                for topic, ones in work.returns:
+                    try:
+                        await self._backend.requeue(topic, ones)
+                    except BackendError as exc:
+                        log.warning("%d one message(s) of %r lost: %s", len(ones), topic, exc)
+                self._flush()
+                self._submit_work()
+                self._rooms()
+
+    async def _load(self, topic: str, take_ones: bool) -> None:
+        channel = TopicKeys(topic).channel
+        try:
+            with anyio.move_on_after(CALL_TIMEOUT):
+                await self._connected.wait()
+            pubsub = self._pubsub
+            if pubsub is None:
+                raise BackendError("not connected")
+            if channel not in self._channels:
+                self._channels[channel] = topic
+                confirmed = self._confirmed[channel] = anyio.Event()
+                with anyio.fail_after(CALL_TIMEOUT):
+                    await pubsub.ssubscribe(channel)
+                    await confirmed.wait()
+            count = self._broker.mirrored().get(topic, 0)
+            next_index, items, ones = await self._backend.load(topic, count, take_ones)
+        except _BACKEND_ERRORS as exc:
+            self._unavailable(exc)
+            self._broker.load_failed(topic)
+            return
+        self._broker.loaded(topic, next_index, items, ones)
+
+    async def _drop(self, topic: str) -> None:
+        if topic in self._broker.mirrored():
+            return  # subscribed again meanwhile
+        channel = TopicKeys(topic).channel
+        self._channels.pop(channel, None)
+        try:
+            if self._pubsub is not None:
+                await self._pubsub.sunsubscribe(channel)
+            await self._backend.unregister(topic)
+        except _BACKEND_ERRORS as exc:
+            log.debug("unregistering %r: %s (its registration expires)", topic, exc)
+
+    # -- heartbeat ------------------------------------------------------------------------
+
+    async def _heartbeat(self) -> None:
+        attempt = 0
+        while True:
+            delay = HEARTBEAT if self.available else RETRY_DELAYS[min(attempt, 4)]
+            await anyio.sleep(delay)
+            try:
+                epoch = await self._backend.heartbeat(self._broker.mirrored())
+                if epoch is None:
+                    epoch = await self._backend.epoch(create=True)
+                    log.warning("Redis lost the cluster's data: new epoch %s", epoch)
+            except _BACKEND_ERRORS as exc:
+                attempt += 1
+                self._unavailable(exc)
+                continue
+            attempt = 0
+            if epoch is not None and epoch != self._broker.epoch:
+                self._broker.set_epoch(epoch)
+                self._submit_work()
+            if not self.available:
+                self.available = True
+                log.warning("backend available again")
+                self._broker.set_backend_available(True)
+                if self._pubsub is not None:
+                    self._broker.resync()
+                    self._submit_work()
+                self._flush()
