@@ -57,6 +57,9 @@ MAX_QUEUED_OUTPUTS: Final = 256
 #: Seconds a Redis Cluster's pub/sub waits on each shard per poll (redis-py
 #: polls shards in turn): bounds the added latency per shard.
 CLUSTER_POLL: Final = 0.005
+#: Seconds a channel's subscription may take to be confirmed (a Redis
+#: Cluster's pub/sub polls shards in turn, so it can take a few polls).
+SUBSCRIBE_TIMEOUT: Final = 5.0
 #: Pub/sub messages handled before the hub is flushed.
 BURST: Final = 256
 
@@ -290,7 +293,7 @@ class ClusterNode(Committer):
             if channel not in self._channels:
                 self._channels[channel] = topic
                 confirmed = self._confirmed[channel] = anyio.Event()
-                with anyio.fail_after(CALL_TIMEOUT):
+                with anyio.fail_after(SUBSCRIBE_TIMEOUT):
                     await pubsub.ssubscribe(channel)
                     await confirmed.wait()
             count = self._broker.mirrored().get(topic, 0)
