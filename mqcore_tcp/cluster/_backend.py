@@ -15,7 +15,7 @@ from typing import Any, Final
 
 import anyio
 import redis.asyncio as aioredis
-from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from mqcore._cluster import Delivered, TopicBatch
 
@@ -140,21 +140,40 @@ class Backend:
 
     async def publish(self, groups: dict[str, list[TopicBatch]]) -> list[Any]:
         """One script call per topic, all in one pipeline: each result or exception."""
-        pipe = None if self.cluster else self.redis.pipeline(transaction=False)
-        calls: list[Any] = []
+        calls: list[tuple[list[Any], list[Any]]] = []
         for topic, batches in groups.items():
             keys = self.keys(topic)
             kinds = "".join(kind for batch in batches for kind in batch.kinds)
             heads = b"".join(head + b"\n" for batch in batches for head in batch.heads)
             args: list[Any] = [keys.channel, self.cache_size, self._seed(), "n", "", kinds, heads]
-            if pipe is None:
-                # A Redis Cluster: one call per topic (each on its shard), all at once.
-                calls.append(self._publish(keys=keys.keys, args=args))
-            else:
-                await self._publish(keys=keys.keys, args=args, client=pipe)
-        results: list[Any] = await self._call(
-            self._each(calls) if pipe is None else pipe.execute(raise_on_error=False)
-        )
+            calls.append((keys.keys, args))
+        if self.cluster or len(calls) == 1:
+            # One topic (the usual case), or a Redis Cluster (each topic on its
+            # shard): plain EVALSHA calls, all at once. A pipeline would first
+            # ask SCRIPT EXISTS: a second round trip per batch.
+            each = [self._publish(keys=keys, args=args) for keys, args in calls]
+            results: list[Any] = await self._call(self._each(each))
+        else:
+            results = await self._call(self._pipelined(calls))
+        return results
+
+    async def _pipelined(self, calls: list[tuple[list[Any], list[Any]]]) -> list[Any]:
+        """Several topics' EVALSHA in one pipeline (the script loaded first if Redis lost it)."""
+        results: list[Any] = await self._evalsha_all(calls)
+        lost = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
+        if lost:
+            # A restarted Redis: those did not run (NOSCRIPT), so running them again is safe.
+            await self.redis.script_load(PUBLISH)
+            again = await self._evalsha_all([calls[i] for i in lost])
+            for i, result in zip(lost, again, strict=True):
+                results[i] = result
+        return results
+
+    async def _evalsha_all(self, calls: list[tuple[list[Any], list[Any]]]) -> list[Any]:
+        pipe = self.redis.pipeline(transaction=False)
+        for keys, args in calls:
+            pipe.evalsha(self._publish.sha, len(keys), *keys, *args)
+        results: list[Any] = await pipe.execute(raise_on_error=False)
         return results
 
     async def requeue(self, topic: str, ones: Sequence[Delivered]) -> None:

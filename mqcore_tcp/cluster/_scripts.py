@@ -106,6 +106,12 @@ else
   for i = 6, #ARGV, 3 do one(ARGV[i], ARGV[i + 1], ARGV[i + 2]) end
 end
 if csize > 0 and #cached > 0 then
+  if #cached > csize then
+    -- Only the newest csize can stay: push just those.
+    local newest = {}
+    for i = #cached - csize + 1, #cached do newest[#newest + 1] = cached[i] end
+    cached = newest
+  end
   push(ckey, cached)
   redis.call('LTRIM', ckey, -csize, -1)
 end
