@@ -40,6 +40,7 @@ import hashlib
 import hmac
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -57,6 +58,7 @@ __all__ = [
     "AuthConfigError",
     "AuthFile",
     "User",
+    "hash_password",
     "hash_secret",
     "verify_secret",
 ]
@@ -226,3 +228,25 @@ def _user(path: str, name: str, entry: Any) -> User:
         except ValueError as exc:
             raise AuthConfigError(f"{where}.{key}: {exc}") from None
     return User(name, Permissions(**lists), hashes["password_hash"], hashes["token_hash"])
+
+
+def hash_password(argv: Sequence[str], program: str) -> int:
+    """``hash-password``: read a secret on stdin, print the string for ``--auth`` files."""
+    if argv and argv[0] in ("-h", "--help"):
+        print(
+            f"usage: {program} hash-password < secret\n\n"
+            "Reads a password or token on stdin (its first line; prompts on a terminal) and "
+            "prints its scrypt hash, for password_hash or token_hash in an --auth file."
+        )
+        return 0
+    if sys.stdin.isatty():
+        import getpass
+
+        secret = getpass.getpass("secret: ")
+    else:
+        secret = sys.stdin.readline().rstrip("\r\n")
+    if not secret:
+        print("hash-password: no secret on stdin", file=sys.stderr)
+        return 2
+    print(hash_secret(secret))
+    return 0

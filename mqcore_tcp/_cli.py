@@ -25,7 +25,7 @@ from mqcore import (
     __version__,
 )
 
-from ._auth import hash_secret
+from ._auth import hash_password
 from ._config import (
     DEFAULT_AUTH_TIMEOUT,
     DEFAULT_LINE_TIMEOUT,
@@ -420,33 +420,11 @@ def _where(urls: Sequence[str]) -> str:
     return ", ".join(url.split("://", 1)[1] if url.startswith("mqcore://") else url for url in urls)
 
 
-def hash_password(argv: Sequence[str]) -> int:
-    """``hash-password``: read a secret on stdin, print the string for ``--auth`` files."""
-    if argv and argv[0] in ("-h", "--help"):
-        print(
-            f"usage: {_program()} hash-password < secret\n\n"
-            "Reads a password or token on stdin (its first line; prompts on a terminal) and "
-            "prints its scrypt hash, for password_hash or token_hash in an --auth file."
-        )
-        return 0
-    if sys.stdin.isatty():
-        import getpass
-
-        secret = getpass.getpass("secret: ")
-    else:
-        secret = sys.stdin.readline().rstrip("\r\n")
-    if not secret:
-        print("hash-password: no secret on stdin", file=sys.stderr)
-        return 2
-    print(hash_secret(secret))
-    return 0
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the server until SIGINT or SIGTERM (SIGHUP reloads ``--auth``); return the status."""
     arguments = sys.argv[1:] if argv is None else list(argv)
     if arguments and arguments[0] == "hash-password":
-        return hash_password(arguments[1:])
+        return hash_password(arguments[1:], _program())
     args = parse_args(argv)
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -112,6 +112,8 @@ class Hub:
                 TimedStore(store, self.commit_timing), self._apply, self._storage_changed
             )
         )
+        #: A node of a cluster (its backend is Redis, not a store).
+        self.clustered: Final = config.cluster is not None
         if config.cluster is not None:
             # Cluster mode: Redis in place of a store (redis is imported only then).
             from .cluster import node_for

@@ -91,7 +91,8 @@ def health(hub: Hub) -> str | None:
     if error is not None:
         return f"store failed: {error}"
     if not hub.broker.stats().storage_available:
-        return "storage unavailable"
+        # A cluster node's store is Redis (see mqcore_tcp.cluster).
+        return "backend unavailable" if hub.clustered else "storage unavailable"
     return None
 
 
