@@ -35,23 +35,17 @@ import msgspec
 
 from mqcore import (
     DEFAULT_PREFETCH,
-    Ack,
     Delivery,
     HelloReply,
-    Nack,
-    Reply,
     Send,
-    Subscribe,
-    Unsubscribe,
 )
-from mqcore._subjects import is_pattern
 
 from ._connection import Connection
-from ._consume import Consumer, ConsumerState
+from ._consume import Consumer, ConsumerLink
 from ._dialer import Dialer, handshake
 from ._errors import ConnectionLostError, MQTimeoutError, ServerError
 from ._hello import heartbeat
-from ._pattern_state import PatternSubscriptionState
+from ._pattern_state import new_state
 from ._session import Request, Session
 from ._subscription import Subscription
 from ._subscription_state import SubscriptionState
@@ -269,25 +263,16 @@ class Client:
         topic's messages, each naming its own topic and index; no
         ``last_seen`` (ValueError); a reconnection resumes per topic.
         """
-        queued = self._max_queued if max_queued is None else max_queued
-        queued_bytes = self._max_queued_bytes if max_queued_bytes is None else max_queued_bytes
-        state: SubscriptionState
-        if is_pattern(topic):
-            # Resumes per topic (mqcore_client._pattern_state); no last_seen.
-            if last_seen is not None:
-                raise ValueError("last_seen is not allowed with a pattern: indices are per topic")
-            state = PatternSubscriptionState(
-                topic, cache, epoch=epoch, max_queued=queued, max_queued_bytes=queued_bytes
-            )
-        else:
-            state = SubscriptionState(
-                topic,
-                last_seen,
-                cache,
-                epoch=epoch,
-                max_queued=queued,
-                max_queued_bytes=queued_bytes,
-            )
+        state = new_state(
+            topic,
+            last_seen,
+            cache,
+            epoch=epoch,
+            max_queued=self._max_queued if max_queued is None else max_queued,
+            max_queued_bytes=self._max_queued_bytes
+            if max_queued_bytes is None
+            else max_queued_bytes,
+        )
         return Subscription(state, self._open, self._close, self._timeout)
 
     def consume(self, topic: str, prefetch: int = DEFAULT_PREFETCH) -> Consumer:
@@ -297,7 +282,8 @@ class Client:
         nacks on an exception); at most ``prefetch`` are unacked at once.
         See :mod:`mqcore_client._consume` for the rules.
         """
-        return Consumer(_ConsumerLink(self), topic, prefetch)
+        link = ConsumerLink(self._session, self._writable, self._reply, self._kick, self._ended)
+        return Consumer(link, topic, prefetch)
 
     # -- waiting --------------------------------------------------------------------
 
@@ -311,6 +297,13 @@ class Client:
         self._session.remove(state)
         if self._conn is not None:
             self._conn.kick()
+
+    def _kick(self) -> None:
+        if self._conn is not None:
+            self._conn.kick()
+
+    def _ended(self) -> ConnectionLostError | None:
+        return self._closed
 
     async def _reply(self, request: Request, what: str) -> bytes:
         """Wait for ``request``'s reply; raise what it (or losing it) means."""
@@ -451,59 +444,3 @@ class Client:
         self._session.close(error)
         self._online.set()
         self._release(lost=True)
-
-
-class _ConsumerLink:
-    """A client as a :class:`~mqcore_client._consume.Consumer` sees it."""
-
-    __slots__ = ("_client",)
-
-    def __init__(self, client: Client) -> None:
-        self._client = client
-
-    async def command(self, command: Ack | Nack | Subscribe, wait: bool) -> None:
-        client = self._client
-        conn = await client._writable()
-        if not wait:
-            client._session.enqueue(command, None)
-            conn.kick()
-            return
-        request = client._session.request(command)
-        conn.kick()
-        await client._reply(request, f"the {type(command).__name__.lower()}")
-
-    async def attach(self, state: ConsumerState) -> None:
-        client = self._client
-        consumers = client._session.consumers
-        if state.topic in consumers:
-            raise ValueError(f"this client already consumes {state.topic!r}")
-        conn = await client._writable()
-        consumers[state.topic] = state
-        request = client._session.request(state.command())
-        conn.kick()
-        try:
-            await client._reply(request, f"the subscribe to {state.topic!r}")
-        except BaseException:
-            self.detach(state)
-            raise
-
-    def detach(self, state: ConsumerState) -> None:
-        client = self._client
-        session = client._session
-        if session.consumers.get(state.topic) is not state:
-            return
-        del session.consumers[state.topic]
-        state.offline()
-        if session.online and state.topic not in session.subs:
-            # Hands back every job not acked. (With a plain subscription to
-            # the topic left, they come back at their ack wait instead.)
-            session.enqueue(Unsubscribe(state.topic), _ignore)
-            if client._conn is not None:
-                client._conn.kick()
-
-    def closed(self) -> ConnectionLostError | None:
-        return self._client._closed
-
-
-def _ignore(outcome: Reply | ConnectionLostError, line: bytes) -> None:
-    """The reply to a consumer's unsubscribe: nothing waits for it."""

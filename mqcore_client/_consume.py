@@ -26,14 +26,17 @@ Rules (the server's are in :mod:`mqcore._acks`):
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from mqcore import Ack, Nack, Reply, Subscribe
 
 from ._errors import ConnectionLostError, MQError, ServerError
 from ._notified import Notified
 from ._protocol import Received
+
+if TYPE_CHECKING:
+    from ._session import Request, Session
 
 __all__ = ["Consumer", "ConsumerLink", "ConsumerState", "Job"]
 
@@ -80,20 +83,55 @@ class ConsumerState:
             self.notify()
 
 
-class ConsumerLink(Protocol):
-    """What a :class:`Consumer` needs of its client (``Client`` provides it)."""
+class ConsumerLink:
+    """What a :class:`Consumer` needs of its client, as the client's own callables."""
+
+    __slots__ = ("_kick", "_reply", "_session", "_writable", "closed")
+
+    def __init__(
+        self,
+        session: Session,
+        writable: Callable[[], Awaitable[object]],
+        reply: Callable[[Request, str], Awaitable[bytes]],
+        kick: Callable[[], None],
+        closed: Callable[[], ConnectionLostError | None],
+    ) -> None:
+        self._session = session
+        #: Waits for a connection with room for a command.
+        self._writable = writable
+        #: Waits for a request's reply; raises a refusal.
+        self._reply = reply
+        #: Wakes the connection's writer.
+        self._kick = kick
+        #: Why the client ended for good (None while it runs).
+        self.closed = closed
 
     async def command(self, command: Ack | Nack | Subscribe, wait: bool) -> None:
         """Write ``command``; with ``wait``, wait for its reply and raise a refusal."""
+        await self._writable()
+        if not wait:
+            self._session.enqueue(command, None)
+            self._kick()
+            return
+        request = self._session.request(command)
+        self._kick()
+        await self._reply(request, f"the {type(command).__name__.lower()}")
 
     async def attach(self, state: ConsumerState) -> None:
         """Register ``state`` as the topic's consumer and subscribe; raise a refusal."""
+        await self._writable()
+        request = self._session.add_consumer(state)
+        self._kick()
+        try:
+            await self._reply(request, f"the subscribe to {state.topic!r}")
+        except BaseException:
+            self.detach(state)
+            raise
 
     def detach(self, state: ConsumerState) -> None:
         """Forget ``state`` and unsubscribe (nothing waits for the reply)."""
-
-    def closed(self) -> ConnectionLostError | None:
-        """Why the client ended for good, or None while it runs."""
+        if self._session.remove_consumer(state):
+            self._kick()
 
 
 class Job:

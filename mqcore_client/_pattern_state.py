@@ -24,6 +24,8 @@ delivery at or below its topic's position. Rules:
 
 from __future__ import annotations
 
+from mqcore._subjects import is_pattern
+
 from ._protocol import Received
 from ._subscription_state import SubscriptionState, SubState
 
@@ -78,3 +80,30 @@ class PatternSubscriptionState(SubscriptionState):
         super().resume(epoch, epoch_changed=epoch_changed)
         if epoch_changed and self.state is not SubState.CLOSED:
             self.positions.clear()
+
+
+def new_state(
+    topic: str,
+    last_seen: int | None,
+    cache: bool,
+    *,
+    epoch: str | None,
+    max_queued: int,
+    max_queued_bytes: int,
+) -> SubscriptionState:
+    """The state of a new subscription to ``topic``: a pattern's, or a plain topic's."""
+    if not is_pattern(topic):
+        return SubscriptionState(
+            topic,
+            last_seen,
+            cache,
+            epoch=epoch,
+            max_queued=max_queued,
+            max_queued_bytes=max_queued_bytes,
+        )
+    # Resumes per topic; no last_seen.
+    if last_seen is not None:
+        raise ValueError("last_seen is not allowed with a pattern: indices are per topic")
+    return PatternSubscriptionState(
+        topic, cache, epoch=epoch, max_queued=max_queued, max_queued_bytes=max_queued_bytes
+    )

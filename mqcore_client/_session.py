@@ -248,6 +248,28 @@ class Session:
             # with an error: nothing to do about it, so nothing waits for it.
             self.enqueue(Unsubscribe(sub.topic), partial(self._unsubscribed, sub.topic))
 
+    def add_consumer(self, state: ConsumerState) -> Request:
+        """Register ``state`` as its topic's consumer (one per topic) and queue its subscribe."""
+        if state.topic in self.consumers:
+            raise ValueError(f"this client already consumes {state.topic!r}")
+        self.consumers[state.topic] = state
+        return self.request(state.command())
+
+    def remove_consumer(self, state: ConsumerState) -> bool:
+        """Forget ``state``; True if that queued an unsubscribe (the writer must be woken).
+
+        The unsubscribe hands back every job not acked. With a plain
+        subscription to the topic left, they come back at their ack wait instead.
+        """
+        if self.consumers.get(state.topic) is not state:
+            return False
+        del self.consumers[state.topic]
+        state.offline()
+        if not self.online or state.topic in self.subs:
+            return False
+        self.enqueue(Unsubscribe(state.topic), _ignore)
+        return True
+
     # -- what the server writes ------------------------------------------------
 
     def receive_data(self, data: bytes) -> None:
@@ -382,3 +404,7 @@ class Session:
                 Subscribe(topic, min(positions)) if positions else Subscribe(topic, cache=False)
             )
             self._subscribe(command, list(subs))
+
+
+def _ignore(outcome: Reply | ConnectionLostError, line: bytes) -> None:
+    """The reply to a consumer's unsubscribe: nothing waits for it (nor counts it as lost)."""
