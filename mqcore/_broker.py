@@ -34,7 +34,7 @@ caches :mod:`mqcore._topics`', records :mod:`mqcore._journal`'s):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -49,9 +49,9 @@ from ._acks import (
 )
 from ._auth import Grant, HelloRequest, Pending
 from ._cluster_batch import TopicBatch
-from ._commands import REASONS
 from ._connection import Connection, ConnectionId
 from ._guard import Guarded, SendFn, hello_for
+from ._inspect import Inspection
 from ._journal import Journal
 from ._limits import AckLimits, TopicLimits
 from ._protocol import (
@@ -61,7 +61,6 @@ from ._protocol import (
     error_reply,
 )
 from ._records import Record, TopicState
-from ._stats import BrokerStats
 from ._topics import TopicTable
 
 __all__ = [
@@ -124,7 +123,7 @@ class Output:
         )
 
 
-class Broker(Guarded):
+class Broker(Inspection, Guarded):
     """An aiomemq-compatible message broker with no I/O of its own.
 
     ``cache_size`` bounds each topic's replay cache (0 disables it);
@@ -352,49 +351,6 @@ class Broker(Guarded):
             raise ValueError("set_storage_available: this broker is not durable")
         self._storage_available = ok
         self._hello = self._hello_bytes()
-
-    # -- inspection, for tests and monitoring ----------------------------------
-
-    def next_index(self, topic: str) -> int:
-        """The index the next message sent to ``topic`` will get."""
-        state = self._topics.get(topic)
-        return self._table.index_floor if state is None else state.next_index
-
-    def cached(self, topic: str) -> list[bytes]:
-        """The wire bytes of the messages cached for ``topic``, oldest first."""
-        state = self._topics.get(topic)
-        return [] if state is None else [e.data for e in state.cache]
-
-    def subscribers(self, topic: str) -> list[ConnectionId]:
-        """The connections subscribed to ``topic``."""
-        state = self._topics.get(topic)
-        return [] if state is None else [c.id for c in state.subscribers]
-
-    def topic_names(self, newest_first: bool = False) -> Iterator[str]:
-        """Every topic's name, oldest (or newest) first, straight from the table: no copy."""
-        return reversed(self._topics) if newest_first else iter(self._topics)
-
-    def subscription_count(self, cid: ConnectionId) -> int | None:
-        """How many topics ``cid`` subscribes to (``None``: no such connection)."""
-        conn = self._connections.get(cid)
-        return None if conn is None else len(conn.topics)
-
-    def stats(self) -> BrokerStats:
-        """Counters and sizes as they are now: cheap, callable at any time."""
-        table = self._table
-        return BrokerStats(
-            lines=self._lines,
-            sends=self._sends,
-            chunks=self._chunks,
-            failures={REASONS.get(k, "?"): n for k, n in self._failures.items()},
-            connections=len(self._connections),
-            topics=len(self._topics),
-            idle_topics=len(table.idle),
-            cached_messages=table.cached,
-            cached_bytes=table.cache_bytes,
-            index_floor=table.index_floor,
-            storage_available=self._storage_available,
-        )
 
     # -- the protocol ------------------------------------------------------------
 
