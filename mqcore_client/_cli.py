@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import ssl
 import sys
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -50,7 +51,11 @@ __all__ = ["main"]
 
 PROG: Final = "python -m mqcore_client"
 ENV_URL: Final = "MQCORE_URL"
+#: Where the command line reads a password (with --user) and, by default, a token.
+ENV_PASSWORD: Final = "MQCORE_PASSWORD"
+ENV_TOKEN: Final = "MQCORE_TOKEN"
 EXIT_ERROR: Final = 1
+EXIT_USAGE: Final = 2
 EXIT_CONNECTION: Final = 3
 EXIT_TIMEOUT: Final = 4
 EXIT_INTERRUPTED: Final = 130
@@ -82,6 +87,33 @@ def _global_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
         default=default(5.0),
         metavar="SECONDS",
         help="give up connecting after SECONDS (default: 5)",
+    )
+    secure = parser.add_argument_group("TLS and credentials")
+    secure.add_argument(
+        "--tls-ca",
+        metavar="FILE",
+        default=default(None),
+        help="CA certificates (PEM) to verify a mqcores:// or wss:// server by "
+        "(default: the system's)",
+    )
+    secure.add_argument(
+        "--tls-cert", metavar="FILE", default=default(None), help="client certificate (PEM)"
+    )
+    secure.add_argument(
+        "--tls-key", metavar="FILE", default=default(None), help="its private key (PEM)"
+    )
+    secure.add_argument(
+        "--user",
+        default=default(None),
+        help=f"user name for the server's --auth; the password comes from ${ENV_PASSWORD} "
+        "(never a command-line argument: other users can read those)",
+    )
+    secure.add_argument(
+        "--token-env",
+        metavar="NAME",
+        default=default(None),
+        help=f"read a token for the server's --auth from environment variable NAME "
+        f"(default: ${ENV_TOKEN}, when set)",
     )
     where.add_argument(
         "--request-timeout",
@@ -222,10 +254,23 @@ def _addresses(args: argparse.Namespace) -> list[Address]:
 
 
 def _connect_options(args: argparse.Namespace) -> dict[str, Any]:
-    return {
+    """connect()'s options from the command line; raise OSError/ValueError for bad TLS files."""
+    options: dict[str, Any] = {
         "connect_timeout": args.connect_timeout,
         "timeout": args.request_timeout or None,
     }
+    if args.tls_ca is not None or args.tls_cert is not None:
+        context = ssl.create_default_context(cafile=args.tls_ca)
+        if args.tls_cert is not None:
+            context.load_cert_chain(args.tls_cert, args.tls_key)
+        options["ssl"] = context
+    if args.user is not None:
+        options["user"] = args.user
+        options["password"] = os.environ.get(ENV_PASSWORD)
+    token = os.environ.get(args.token_env or ENV_TOKEN)
+    if token:
+        options["token"] = token
+    return options
 
 
 async def _stdin_lines() -> AsyncIterator[str]:
@@ -247,7 +292,7 @@ async def _stdin_lines() -> AsyncIterator[str]:
 
 
 async def _send(args: argparse.Namespace, addresses: list[Address]) -> None:
-    async with connect(addresses, **_connect_options(args)) as client:
+    async with connect(addresses, **args.connect_options) as client:
         if args.message != "-":
             await client.send(args.topic, args.message, args.delivery, args.cache)
             return
@@ -258,7 +303,7 @@ async def _send(args: argparse.Namespace, addresses: list[Address]) -> None:
 
 
 async def _subscribe(args: argparse.Namespace, addresses: list[Address]) -> None:
-    async with connect(addresses, reconnect=args.reconnect, **_connect_options(args)) as client:
+    async with connect(addresses, reconnect=args.reconnect, **args.connect_options) as client:
         if args.ack:
             await _consume(args, client)
             return
@@ -363,6 +408,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         addresses = _addresses(args)
     except ValueError as exc:
         parser.error(str(exc))
+    try:
+        args.connect_options = _connect_options(args)
+    except OSError as exc:  # ssl.SSLError included: a bad certificate or key file
+        return _fail(prog, f"TLS files: {exc}", EXIT_USAGE)
     command = _send if args.command == "send" else _subscribe
     try:
         if anyio.run(_interruptible, command, args, addresses):
