@@ -5,7 +5,7 @@ from __future__ import annotations
 import resource
 import ssl
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, TypedDict
 
 from mqcore import (
     DEFAULT_ACK_WAIT,
@@ -41,6 +41,16 @@ def default_max_connections() -> int:
     if soft == resource.RLIM_INFINITY:
         return 10_000
     return max(1, min(10_000, soft - _SPARE_DESCRIPTORS))
+
+
+class BrokerBounds(TypedDict):
+    """The bounds a server's broker is made with (:meth:`ServerConfig.broker_bounds`)."""
+
+    cache_size: int
+    max_line_bytes: int
+    max_topics: int
+    max_topic_bytes: int
+    max_cache_bytes: int
 
 
 @dataclass(frozen=True)
@@ -80,6 +90,16 @@ class ServerConfig:
     line_timeout: float = DEFAULT_LINE_TIMEOUT
     #: Cluster mode: the Redis URL of the cluster (see mqcore_tcp.cluster).
     cluster: str | None = None
+
+    def broker_bounds(self) -> BrokerBounds:
+        """The options of :class:`mqcore.Broker` (or a cluster node's) that bound it."""
+        return BrokerBounds(
+            cache_size=self.cache_size,
+            max_line_bytes=self.max_line_bytes,
+            max_topics=self.max_topics,
+            max_topic_bytes=self.max_topic_bytes,
+            max_cache_bytes=self.max_cache_bytes,
+        )
 
     def urls(self) -> tuple[str, ...]:
         """The listener URLs this configuration asks for."""

@@ -63,11 +63,7 @@ class Link:
 def new_broker(config: ServerConfig, store: Store | None, auth: bool) -> Broker:
     snapshot = None if store is None else store.load()
     broker = Broker(
-        cache_size=config.cache_size,
-        max_line_bytes=config.max_line_bytes,
-        max_topics=config.max_topics,
-        max_topic_bytes=config.max_topic_bytes,
-        max_cache_bytes=config.max_cache_bytes,
+        **config.broker_bounds(),
         choose=random.Random().randrange,
         durable=snapshot is not None,
         # In memory, numbering starts from 0 at every start: a new epoch.

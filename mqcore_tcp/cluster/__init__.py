@@ -78,11 +78,7 @@ def new_broker(config: ServerConfig, epoch: str, *, auth: bool) -> ClusterBroker
     """The core of a node: a :class:`ClusterBroker` with ``config``'s bounds."""
     broker = ClusterBroker(
         node_id=uuid.uuid4().hex[:16],
-        cache_size=config.cache_size,
-        max_line_bytes=config.max_line_bytes,
-        max_topics=config.max_topics,
-        max_topic_bytes=config.max_topic_bytes,
-        max_cache_bytes=config.max_cache_bytes,
+        **config.broker_bounds(),
         choose=random.Random().randrange,
         epoch=epoch,
         auth=auth,
