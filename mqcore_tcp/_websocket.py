@@ -101,6 +101,9 @@ class WebSocketConnection(QueuedWrites):
         self._fast = True
         self._pending = b""
         self._switch_to: bytes | None = None  # what wsproto gets first, once it takes over
+        # wsproto's path: events of the last chunk, and whether it completed none.
+        self._events = 0
+        self._stalled = False
 
     # -- the hub's side ----------------------------------------------------------------
 
@@ -108,10 +111,10 @@ class WebSocketConnection(QueuedWrites):
     def holds_partial_frame(self) -> bool:
         """Part of a frame or message came and not its end (the Watch times it as a line).
 
-        Seen while frames are split here and for fragmented messages; a
-        partial frame inside wsproto (after a frame of another kind) is not.
+        Seen while frames are split here and for fragmented messages; once
+        wsproto parses, bytes that completed no frame at all count as one.
         """
-        return bool(self._pending) or self._message_bytes > 0
+        return bool(self._pending) or self._message_bytes > 0 or self._stalled
 
     # -- reading -----------------------------------------------------------------------
 
@@ -169,12 +172,17 @@ class WebSocketConnection(QueuedWrites):
             data, self._switch_to = self._switch_to, None
         if data:
             self.ws.receive_data(data)
-        return self._take_events(hub, cid)
+        self._events = 0
+        commands = self._take_events(hub, cid)
+        # Bytes that completed no frame: a frame under way inside wsproto.
+        self._stalled = bool(data) and not self._events
+        return commands
 
     def _take_events(self, hub: Hub, cid: ConnectionId) -> bytes:
         """Handle what wsproto parsed; return the command bytes for the hub."""
         commands: list[bytes] = []
         for event in self.ws.events():
+            self._events += 1
             if isinstance(event, TextMessage):
                 if self._closing:
                     continue  # closing: input is discarded

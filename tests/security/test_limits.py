@@ -6,7 +6,7 @@ from pathlib import Path
 
 import anyio
 import pytest
-from wsproto.events import Message
+from wsproto.events import Message, Ping
 
 import mqcore_client
 from mqcore_client import ConnectError
@@ -105,12 +105,19 @@ async def test_the_client_keeps_a_heartbeat_connection_alive() -> None:
         assert client.server.heartbeat == 1.0
 
 
-async def test_a_websocket_frame_left_unfinished_past_the_line_timeout_closes_it() -> None:
-    # Over /ws a line is a frame: half a frame is the WebSocket slowloris.
+@pytest.mark.parametrize("after_a_ping", [False, True], ids=["split-here", "in-wsproto"])
+async def test_a_websocket_frame_left_unfinished_past_the_line_timeout_closes_it(
+    after_a_ping: bool,
+) -> None:
+    # Over /ws a line is a frame: half a frame is the WebSocket slowloris. After a
+    # ping (a frame of another kind) frames are parsed by wsproto, not split here.
     async with in_process(listen=("http://127.0.0.1:0",), line_timeout=1.0) as server:
         slow = await WSClient.open(server.port)
         good = await RawClient.ws(server.port)
         async with good:
+            if after_a_ping:
+                await slow.stream.send(slow.ws.send(Ping(b"p")))
+                assert await slow.request(send("t", "parsed by wsproto")) == OK
             frame = slow.ws.send(Message(data='{"command": "send", "topic": "t", "msg": "m"}'))
             await slow.stream.send(frame[:10])
             with anyio.fail_after(5):
