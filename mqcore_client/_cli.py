@@ -89,32 +89,29 @@ def _global_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
         help="give up connecting after SECONDS (default: 5)",
     )
     secure = parser.add_argument_group("TLS and credentials")
-    secure.add_argument(
-        "--tls-ca",
-        metavar="FILE",
-        default=default(None),
-        help="CA certificates (PEM) to verify a mqcores:// or wss:// server by "
-        "(default: the system's)",
-    )
-    secure.add_argument(
-        "--tls-cert", metavar="FILE", default=default(None), help="client certificate (PEM)"
-    )
-    secure.add_argument(
-        "--tls-key", metavar="FILE", default=default(None), help="its private key (PEM)"
-    )
-    secure.add_argument(
-        "--user",
-        default=default(None),
-        help=f"user name for the server's --auth; the password comes from ${ENV_PASSWORD} "
-        "(never a command-line argument: other users can read those)",
-    )
-    secure.add_argument(
-        "--token-env",
-        metavar="NAME",
-        default=default(None),
-        help=f"read a token for the server's --auth from environment variable NAME "
-        f"(default: ${ENV_TOKEN}, when set)",
-    )
+    for flag, metavar, text in [
+        (
+            "--tls-ca",
+            "FILE",
+            "CA certificates (PEM) to verify a mqcores:// or wss:// server by "
+            "(default: the system's)",
+        ),
+        ("--tls-cert", "FILE", "client certificate (PEM)"),
+        ("--tls-key", "FILE", "its private key (PEM)"),
+        (
+            "--user",
+            "NAME",
+            f"user name for the server's --auth; the password comes from "
+            f"${ENV_PASSWORD} (never a command-line argument: other users can read those)",
+        ),
+        (
+            "--token-env",
+            "NAME",
+            f"read a token for the server's --auth from environment "
+            f"variable NAME (default: ${ENV_TOKEN}, when set)",
+        ),
+    ]:
+        secure.add_argument(flag, metavar=metavar, default=default(None), help=text)
     where.add_argument(
         "--request-timeout",
         type=_seconds,
