@@ -224,9 +224,12 @@ def plan(mirror: Mirror, records: Sequence[Record]) -> WritePlan | None:
     result = WritePlan()
     topics = mirror.topics
 
-    def stored(name: str) -> TopicMirror | None:
-        """The topic as the file holds it before this batch (None if new or dropped in it)."""
+    def stored_unless_dropped(name: str) -> TopicMirror | None:
         return None if name in dropped else topics.get(name)
+
+    # The topic as the file holds it before this batch (None if new or dropped
+    # in it). Called a few times per topic: without drops, no Python frame.
+    stored = stored_unless_dropped if dropped else topics.get
 
     doomed: set[int] = set()
     for name in dropped:
