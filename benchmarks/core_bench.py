@@ -6,6 +6,8 @@ network or event-loop noise::
     python benchmarks/core_bench.py            # ~2 s per case
     python benchmarks/core_bench.py --quick    # smoke run
     python benchmarks/core_bench.py --json out.json
+    python benchmarks/core_bench.py --store    # also the durable store's case
+    python benchmarks/core_bench.py --only-store
 
 Cases:
 
@@ -21,7 +23,7 @@ Cases:
     a topic with 100,000 subscribers while one more connection subscribes
     and unsubscribes over and over (and connections come and go); the rate
     counts subscription changes.
-``store 1000 topics``
+``store 1000 topics`` (with ``--store`` or ``--only-store``)
     the durable store alone: batches as a durable broker makes them when one
     connection sends 2 messages to each of 1,000 topics per loop turn (cache
     of 100, so each batch also trims), planned and applied to an SQLite file
@@ -197,15 +199,19 @@ def bench_store(
     return CaseResult(f"store {topics} topics", "msg/s", topics * per_topic * batches, times)
 
 
-def run_cases(duration: float) -> list[CaseResult]:
-    """Run every case for about ``duration`` seconds each."""
-    return [
-        bench_publish(1, duration),
-        bench_publish(50, duration, messages=2_000),
-        bench_replay(duration),
-        bench_churn(duration),
-        bench_store(duration),
-    ]
+def run_cases(duration: float, *, core: bool = True, store: bool = False) -> list[CaseResult]:
+    """Run the core's cases and, if asked, the store's, for about ``duration`` seconds each."""
+    results = []
+    if core:
+        results += [
+            bench_publish(1, duration),
+            bench_publish(50, duration, messages=2_000),
+            bench_replay(duration),
+            bench_churn(duration),
+        ]
+    if store:
+        results.append(bench_store(duration))
+    return results
 
 
 def report(
@@ -232,9 +238,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=2.0, help="seconds per case")
     parser.add_argument("--quick", action="store_true", help="smoke run: 0.2 s per case")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    parser.add_argument("--store", action="store_true", help="also the durable store's case")
+    parser.add_argument("--only-store", action="store_true", help="only the store's case")
     args = parser.parse_args(argv)
     duration = 0.2 if args.quick else args.duration
-    results = run_cases(duration)
+    results = run_cases(duration, core=not args.only_store, store=args.store or args.only_store)
     report(results, "core case", args.json, {"duration": duration})
     return 0
 
