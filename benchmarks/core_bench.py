@@ -6,6 +6,8 @@ network or event-loop noise::
     python benchmarks/core_bench.py            # ~2 s per case
     python benchmarks/core_bench.py --quick    # smoke run
     python benchmarks/core_bench.py --json out.json
+    python benchmarks/core_bench.py --store    # also the durable store's case
+    python benchmarks/core_bench.py --only-store
 
 Cases:
 
@@ -21,6 +23,11 @@ Cases:
     a topic with 100,000 subscribers while one more connection subscribes
     and unsubscribes over and over (and connections come and go); the rate
     counts subscription changes.
+``store 1000 topics`` (with ``--store`` or ``--only-store``)
+    the durable store alone: batches as a durable broker makes them when one
+    connection sends 2 messages to each of 1,000 topics per loop turn (cache
+    of 100, so each batch also trims), planned and applied to an SQLite file
+    (``--fsync batch``) in a temporary directory; the rate counts messages.
 """
 
 from __future__ import annotations
@@ -29,11 +36,13 @@ import argparse
 import json
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
-from mqcore import Broker
+from mqcore import Broker, Record
+from mqcore_tcp.store import SQLiteStore
 
 __all__ = ["CaseResult", "main", "report", "run_cases"]
 
@@ -160,14 +169,49 @@ def bench_churn(duration: float, subscribers: int = 100_000, rounds: int = 100) 
     )
 
 
-def run_cases(duration: float) -> list[CaseResult]:
-    """Run every case for about ``duration`` seconds each."""
-    return [
-        bench_publish(1, duration),
-        bench_publish(50, duration, messages=2_000),
-        bench_replay(duration),
-        bench_churn(duration),
-    ]
+def bench_store(
+    duration: float, topics: int = 1_000, per_topic: int = 2, batches: int = 20
+) -> CaseResult:
+    """Plan and apply the batches of a durable broker sending to ``topics`` topics."""
+    broker = Broker(durable=True)
+    pub = broker.open_connection()
+    turn = b"".join(_send_line(b"t%d" % i) for i in range(topics)) * per_topic
+
+    def make_batches() -> list[list[Record]]:
+        made = []
+        for _ in range(batches):
+            broker.receive_data(pub, turn)
+            made.append(broker.take_output().records)
+        return made
+
+    with tempfile.TemporaryDirectory() as directory, SQLiteStore.in_directory(directory) as store:
+        for _ in range(4):  # fill every topic's cache of 100, so that batches trim
+            for batch in make_batches():
+                store.apply(batch)
+        times: list[float] = []
+        end = time.perf_counter() + duration
+        while len(times) < 3 or time.perf_counter() < end:
+            work = make_batches()  # the broker's share is not timed
+            start = time.process_time()
+            for batch in work:
+                store.apply(batch)
+            times.append(time.process_time() - start)
+    return CaseResult(f"store {topics} topics", "msg/s", topics * per_topic * batches, times)
+
+
+def run_cases(duration: float, *, core: bool = True, store: bool = False) -> list[CaseResult]:
+    """Run the core's cases and, if asked, the store's, for about ``duration`` seconds each."""
+    results = []
+    if core:
+        results += [
+            bench_publish(1, duration),
+            bench_publish(50, duration, messages=2_000),
+            bench_replay(duration),
+            bench_churn(duration),
+        ]
+    if store:
+        results.append(bench_store(duration))
+    return results
 
 
 def report(
@@ -194,9 +238,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=2.0, help="seconds per case")
     parser.add_argument("--quick", action="store_true", help="smoke run: 0.2 s per case")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    parser.add_argument("--store", action="store_true", help="also the durable store's case")
+    parser.add_argument("--only-store", action="store_true", help="only the store's case")
     args = parser.parse_args(argv)
     duration = 0.2 if args.quick else args.duration
-    results = run_cases(duration)
+    results = run_cases(duration, core=not args.only_store, store=args.store or args.only_store)
     report(results, "core case", args.json, {"duration": duration})
     return 0
 
