@@ -58,10 +58,16 @@ lint: .venv-$(NEWEST)/.test-installed
 
 # Every version runs even when one fails; pytest's status 5 (no tests
 # collected) is a failure too, since a suite that ran nothing proved nothing.
+# The versions run side by side (every test takes free ports and its own
+# temporary files), each into build/pytest-X.Y.log, printed in order at the end.
 pytest-all: $(foreach v,$(TEST_VERSIONS),.venv-$(v)/.test-installed)
-	@failed=""; for v in $(TEST_VERSIONS); do \
-	  echo "== pytest on $$(.venv-$$v/bin/python -V)"; \
-	  .venv-$$v/bin/python -m pytest $(PYTEST_ARGS); status=$$?; \
+	@mkdir -p build; for v in $(TEST_VERSIONS); do \
+	  ( .venv-$$v/bin/python -m pytest $(PYTEST_ARGS) > build/pytest-$$v.log 2>&1; \
+	    echo $$? > build/pytest-$$v.status ) & \
+	done; wait; \
+	failed=""; for v in $(TEST_VERSIONS); do \
+	  echo "== pytest on $$(.venv-$$v/bin/python -V)"; cat build/pytest-$$v.log; \
+	  status=$$(cat build/pytest-$$v.status); \
 	  if [ $$status -eq 5 ]; then echo "== pytest on $$v collected no tests"; fi; \
 	  if [ $$status -ne 0 ]; then failed="$$failed $$v(exit $$status)"; fi; \
 	done; \
