@@ -56,6 +56,7 @@ from ._journal import Journal
 from ._limits import AckLimits, TopicLimits
 from ._protocol import (
     COMMAND_DECODER,
+    PROTOCOL_FEATURES,
     Reason,
     Send,
     error_reply,
@@ -147,6 +148,9 @@ class Broker(Inspection, Guarded):
     else, and every ``send`` and ``subscribe`` is checked against its
     permissions: see :mod:`mqcore._auth`.
     """
+
+    #: What ``hello`` lists (a cluster node leaves out what it does not support).
+    _features: tuple[str, ...] = PROTOCOL_FEATURES
 
     def __init__(
         self,
@@ -367,6 +371,7 @@ class Broker(Inspection, Guarded):
             storage_available=self._storage_available,
             auth=self._auth_required,
             heartbeat=heartbeat,
+            features=self._features,
         )
 
     def _undecodable(self, conn: Connection, line: bytes) -> None:

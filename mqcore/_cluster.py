@@ -49,7 +49,16 @@ from ._broker import Broker, Output
 from ._cluster_batch import TopicBatch
 from ._commands import _SPLICE_QUOTES
 from ._connection import Connection, ConnectionId
-from ._protocol import SUCCESS, Reason, Send, Subscribe, Unsubscribe, delivery_bytes, error_reply
+from ._protocol import (
+    PROTOCOL_FEATURES,
+    SUCCESS,
+    Reason,
+    Send,
+    Subscribe,
+    Unsubscribe,
+    delivery_bytes,
+    error_reply,
+)
 from ._stats import BrokerStats
 from ._subjects import is_pattern
 
@@ -106,6 +115,9 @@ class ClusterBroker(Broker):
     keywords are :class:`~mqcore.Broker`'s (not ``durable``: the backend is
     the store).
     """
+
+    #: Acknowledged subscriptions are refused in cluster mode: ``hello`` does not offer them.
+    _features = tuple(feature for feature in PROTOCOL_FEATURES if feature != "ack")
 
     def __init__(self, *, node_id: str, **options: Any) -> None:
         if not node_id or " " in node_id:

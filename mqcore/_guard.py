@@ -19,7 +19,16 @@ import msgspec
 from ._auth import Credentials, Grant, HelloRequest, Pending, Permissions, agreed_heartbeat
 from ._commands import Commands
 from ._connection import Connection, ConnectionId
-from ._protocol import Command, Hello, Reason, Send, Subscribe, error_reply, hello_reply
+from ._protocol import (
+    PROTOCOL_FEATURES,
+    Command,
+    Hello,
+    Reason,
+    Send,
+    Subscribe,
+    error_reply,
+    hello_reply,
+)
 
 __all__ = ["Guarded"]
 
@@ -230,6 +239,7 @@ def hello_for(
     storage_available: bool,
     auth: bool,
     heartbeat: float | None,
+    features: tuple[str, ...] = PROTOCOL_FEATURES,
 ) -> bytes | None:
     """The ``hello`` reply for a broker's settings (None: it does not answer ``hello``)."""
     if epoch is None:
@@ -242,4 +252,5 @@ def hello_for(
         storage_available=storage_available,
         auth=auth,
         heartbeat=heartbeat,
+        features=features,
     )

@@ -6,6 +6,7 @@ TCP server and the client all share one copy of the rules.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Final, Literal
 
 import msgspec
@@ -228,6 +229,7 @@ def hello_reply(
     storage_available: bool = True,
     auth: bool = False,
     heartbeat: float | None = None,
+    features: Sequence[str] = PROTOCOL_FEATURES,
 ) -> bytes:
     """Return the wire bytes of the reply to ``hello``.
 
@@ -239,7 +241,7 @@ def hello_reply(
         success=True,
         server=SERVER_NAME,
         version=__version__,
-        features=list(PROTOCOL_FEATURES),
+        features=list(features),
         max_line_bytes=max_line_bytes,
         cache_size=cache_size,
         epoch=epoch,

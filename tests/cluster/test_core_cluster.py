@@ -120,6 +120,14 @@ def test_ack_subscriptions_are_refused_and_patterns_get_live_deliveries() -> Non
     broker = _broker()
     cid = broker.open_connection()
     pattern = broker.open_connection()
+    broker.receive_data(cid, line({"command": "hello"}))
+    [hello] = parse(broker.take_output().writes[cid])
+    # Not offered in hello either, where a single broker offers it.
+    assert "ack" not in hello["features"]
+    single = Broker(epoch="e")
+    alone = single.open_connection()
+    single.receive_data(alone, line({"command": "hello"}))
+    assert "ack" in parse(single.take_output().writes[alone])[0]["features"]
     broker.receive_data(cid, line(sub("t", ack=True)))
     assert parse(broker.take_output().writes[cid]) == [fail("Not supported in cluster mode")]
     broker.receive_data(pattern, line(sub("t.*")))
