@@ -344,14 +344,6 @@ async def test_the_command_line_takes_several_addresses(
     assert capsys.readouterr().out == "hi\n"
 
 
-def test_the_command_line_refuses_a_bad_entry_in_the_list(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("MQCORE_URL", "mqcore://a:1,,b:2")
-    with pytest.raises(SystemExit) as exit_:
-        main(["send", "t", "m"])
-    assert exit_.value.code == 2
-    assert "$MQCORE_URL: empty server address" in capsys.readouterr().err
 
 
 async def test_credentials_in_a_command_line_url_are_used(tmp_path: Path) -> None:

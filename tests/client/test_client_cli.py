@@ -186,14 +186,23 @@ def test_bad_addresses_and_options_exit_2(
     assert "usage:" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("url", "error"),
+    [
+        ("ftp://x", "$MQCORE_URL"),
+        # One bad entry in a list of servers refuses the list.
+        ("mqcore://a:1,,b:2", "$MQCORE_URL: empty server address"),
+    ],
+    ids=["bad-scheme", "empty-entry"],
+)
 def test_a_bad_mqcore_url_exits_2(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, url: str, error: str
 ) -> None:
-    monkeypatch.setenv("MQCORE_URL", "ftp://x")
+    monkeypatch.setenv("MQCORE_URL", url)
     with pytest.raises(SystemExit) as exit_:
         main(["send", "t", "m"])
     assert exit_.value.code == 2
-    assert "$MQCORE_URL" in capsys.readouterr().err
+    assert error in capsys.readouterr().err
 
 
 def test_version_and_the_installed_command_name(

@@ -94,46 +94,22 @@ def test_one_is_delivered_exactly_once_across_nodes(three: list[ServerProcess]) 
     assert all(count > 0 for count in per_node)  # every node was chosen
 
 
+def _refused_start(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m mqcore_tcp ARGS``, expected to refuse to start: its result."""
+    command = [sys.executable, "-m", "mqcore_tcp", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
+
+
 def test_a_node_with_another_cache_size_refuses_to_start(redis_server: RedisServer) -> None:
     with nodes(redis_server.url, 1, "--cache-size", "100"):
-        done = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "mqcore_tcp",
-                "--port",
-                "0",
-                "--cluster",
-                redis_server.url,
-                "--cache-size",
-                "7",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
+        done = _refused_start("--port", "0", "--cluster", redis_server.url, "--cache-size", "7")
     assert done.returncode == 1
     assert "--cache-size 7 differs from the cluster's 100" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
 
 
 def test_cluster_refuses_trio() -> None:
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mqcore_tcp",
-            "--cluster",
-            "redis://127.0.0.1:1",
-            "--backend",
-            "trio",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    done = _refused_start("--cluster", "redis://127.0.0.1:1", "--backend", "trio")
     assert done.returncode == 2
     assert "--cluster needs --backend asyncio" in done.stderr
 
