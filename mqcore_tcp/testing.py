@@ -17,27 +17,27 @@ Theory of operation:
 - **Running.** The thread keeps draining the log (so a chatty server never
   blocks on a full pipe) unless ``keep_stderr`` hands the rest of the pipe
   to the caller, for a test that reads it itself.
-- **Stop.** By pid: :meth:`ServerProcess.stop` sends SIGTERM (a graceful
-  stop), waits up to ``grace`` seconds, then SIGKILLs; :meth:`~ServerProcess.kill`
-  is a crash. Every wait has a bound; the ``async`` variants wait in a worker
-  thread, so they work under asyncio and trio alike.
+- **Stop.** By pid, as :mod:`mqcore_tcp.testing_process` says:
+  :meth:`ServerProcess.stop` sends SIGTERM (a graceful stop), waits up to
+  ``grace`` seconds, then SIGKILLs; :meth:`~ServerProcess.kill` is a crash.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
 import threading
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from contextlib import asynccontextmanager, contextmanager, suppress
+from contextlib import asynccontextmanager, contextmanager
 from functools import partial
 from pathlib import Path
 
 import anyio
 import anyio.to_thread
+
+from .testing_process import DEFAULT_TIMEOUT, ChildProcess
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -51,9 +51,6 @@ __all__ = [
     "running_async",
     "server_command",
 ]
-
-#: Seconds to wait for a server to listen, or to exit once stopped.
-DEFAULT_TIMEOUT = 30.0
 
 _LISTENING = re.compile(r"mqcore listening on (\S+)\s*$")
 _QUIET_LEVELS = {"warning", "error", "critical"}
@@ -104,7 +101,7 @@ def _check_log_level(args: Sequence[str]) -> None:
             )
 
 
-class ServerProcess:
+class ServerProcess(ChildProcess):
     """A running ``python -m mqcore_tcp``: its process, its listeners and its log so far."""
 
     def __init__(
@@ -124,14 +121,8 @@ class ServerProcess:
         self._reader.start()
 
     @property
-    def pid(self) -> int:
-        """The server's process id."""
-        return self.popen.pid
-
-    @property
-    def returncode(self) -> int | None:
-        """Its exit status once it has exited (negative: killed by that signal), else ``None``."""
-        return self.popen.poll()
+    def _process(self) -> subprocess.Popen[str]:
+        return self.popen
 
     @property
     def port(self) -> int:
@@ -177,41 +168,12 @@ class ServerProcess:
         log = "\n".join(self.log[-20:])
         raise ServerStartError(f"{self.command}: {why}; its log:\n{log}")
 
-    def send_signal(self, signum: int) -> None:
-        """Send ``signum`` to it, unless it has already exited."""
-        self.popen.send_signal(signum)
-
-    def kill(self) -> None:
-        """SIGKILL it: a crash, not a graceful stop."""
-        self.send_signal(signal.SIGKILL)
-
-    def terminate(self) -> None:
-        """SIGTERM it: a graceful stop."""
-        self.send_signal(signal.SIGTERM)
-
     def wait(self, timeout: float | None = DEFAULT_TIMEOUT) -> int:
         """Wait for it to exit; its exit status. Raises ``subprocess.TimeoutExpired``."""
-        status = self.popen.wait(timeout)
+        status = super().wait(timeout)
         if not self._keep_stderr:
             self._reader.join(timeout)
         return status
-
-    def stop(self, grace: float = 10.0) -> int:
-        """SIGTERM it, wait up to ``grace`` seconds, then SIGKILL it; its exit status."""
-        if self.popen.poll() is None:
-            self.terminate()
-            with suppress(subprocess.TimeoutExpired):
-                return self.wait(grace)
-            self.kill()
-        return self.wait(DEFAULT_TIMEOUT)
-
-    async def wait_async(self) -> int:
-        """:meth:`wait` without a bound, without blocking the event loop."""
-        return await anyio.to_thread.run_sync(partial(self.wait, None), abandon_on_cancel=True)
-
-    async def stop_async(self, grace: float = 10.0) -> int:
-        """:meth:`stop` without blocking the event loop."""
-        return await anyio.to_thread.run_sync(partial(self.stop, grace), abandon_on_cancel=True)
 
 
 def _popen(
@@ -258,9 +220,7 @@ def launch(
     try:
         server.wait_listening(ready_within)
     except BaseException:
-        if server.returncode is None:
-            server.kill()
-        server.wait(DEFAULT_TIMEOUT)
+        server.reap()
         raise
     return server
 

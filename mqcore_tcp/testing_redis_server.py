@@ -7,7 +7,6 @@ The rules (ports, readiness, files, stop) are described in
 from __future__ import annotations
 
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 import anyio
 import anyio.to_thread
 
+from .testing_process import DEFAULT_TIMEOUT, ChildProcess
 from .testing_redis_probe import RedisError, RedisReply, free_port, redis_command
 
 __all__ = [
@@ -34,8 +34,6 @@ __all__ = [
     "start_redis_async",
 ]
 
-#: Seconds to wait for a server to answer, or to exit once stopped.
-DEFAULT_TIMEOUT = 30.0
 #: Attempts at a free port before giving up (another process took it in between).
 _PORT_ATTEMPTS = 5
 #: How often the readiness check polls.
@@ -66,7 +64,7 @@ def require_redis(cluster: bool = False) -> None:
         raise RedisNotInstalled(why)
 
 
-class RedisServer(AbstractContextManager["RedisServer"]):
+class RedisServer(ChildProcess, AbstractContextManager["RedisServer"]):
     """A running ``redis-server`` on ``127.0.0.1``: its process, port, directory and log."""
 
     def __init__(
@@ -91,16 +89,6 @@ class RedisServer(AbstractContextManager["RedisServer"]):
     def address(self) -> str:
         """``127.0.0.1:PORT``, as ``redis-cli --cluster`` takes it."""
         return f"127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int:
-        """The process id of the current process."""
-        return self._process.pid
-
-    @property
-    def returncode(self) -> int | None:
-        """Its exit status once it has exited (negative: killed by that signal), else ``None``."""
-        return self._process.poll()
 
     @property
     def log_path(self) -> Path:
@@ -192,48 +180,25 @@ class RedisServer(AbstractContextManager["RedisServer"]):
         try:
             self.wait_ready(ready_within)
         except BaseException:
-            if self.returncode is None:
-                self.kill()
-                self.wait(DEFAULT_TIMEOUT)
+            self.reap()
             raise
 
     # -- stop ----------------------------------------------------------------
-
-    def send_signal(self, signum: int) -> None:
-        """Send ``signum`` to it, unless it has already exited."""
-        self._process.send_signal(signum)
-
-    def kill(self) -> None:
-        """SIGKILL it: a crash, not a graceful stop."""
-        self.send_signal(signal.SIGKILL)
-
-    def wait(self, timeout: float | None = DEFAULT_TIMEOUT) -> int:
-        """Wait for it to exit; its exit status. Raises ``subprocess.TimeoutExpired``."""
-        return self._process.wait(timeout)
 
     def stop(self, grace: float = 10.0, *, cleanup: bool = False) -> int:
         """SIGTERM it, wait up to ``grace`` seconds, then SIGKILL it; its exit status.
 
         ``cleanup`` also removes its directory when the launcher made it.
         """
-        status = self._stop(grace)
+        status = super().stop(grace)
         if cleanup:
             self.cleanup()
         return status
 
-    def _stop(self, grace: float) -> int:
-        process = self._process
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            with suppress(subprocess.TimeoutExpired):
-                return process.wait(grace)
-            process.kill()
-        return process.wait(DEFAULT_TIMEOUT)
-
     def restart(self, grace: float = 10.0, ready_within: float = DEFAULT_TIMEOUT) -> None:
         """Stop it (if running) and start it again on the same port and directory."""
         if self.popen is not None:
-            self._stop(grace)
+            self.stop(grace)
         self.start(ready_within)
 
     def cleanup(self) -> None:
@@ -241,17 +206,9 @@ class RedisServer(AbstractContextManager["RedisServer"]):
         if self._own_directory:
             shutil.rmtree(self.directory, ignore_errors=True)
 
-    async def stop_async(self, grace: float = 10.0) -> int:
-        """:meth:`stop` without blocking the event loop."""
-        return await anyio.to_thread.run_sync(partial(self.stop, grace), abandon_on_cancel=True)
-
     async def restart_async(self, grace: float = 10.0) -> None:
         """:meth:`restart` without blocking the event loop."""
         await anyio.to_thread.run_sync(partial(self.restart, grace), abandon_on_cancel=True)
-
-    async def wait_async(self) -> int:
-        """:meth:`wait` without a bound, without blocking the event loop."""
-        return await anyio.to_thread.run_sync(partial(self.wait, None), abandon_on_cancel=True)
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop(cleanup=True)
