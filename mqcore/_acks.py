@@ -59,6 +59,7 @@ from __future__ import annotations
 import heapq
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Final
 
 from ._connection import Connection, ConnectionId
@@ -115,17 +116,15 @@ class Job:
         self.deadline = 0.0
 
 
+@dataclass(slots=True, eq=False)
 class Consumer:
     """One connection's acknowledging subscription to one topic."""
 
-    __slots__ = ("conn", "jobs", "prefetch", "queue")
-
-    def __init__(self, conn: Connection, queue: WorkQueue, prefetch: int) -> None:
-        self.conn = conn
-        self.queue = queue
-        self.prefetch = prefetch
-        # Pending on it, by index, in delivery order.
-        self.jobs: dict[int, Job] = {}
+    conn: Connection
+    queue: WorkQueue
+    prefetch: int
+    #: Pending on it, by index, in delivery order.
+    jobs: dict[int, Job] = field(default_factory=dict)
 
 
 class WorkQueue:

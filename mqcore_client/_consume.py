@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from mqcore import Ack, Nack, Reply, Subscribe
@@ -83,28 +84,19 @@ class ConsumerState:
             self.notify()
 
 
+@dataclass(frozen=True, slots=True)
 class ConsumerLink:
     """What a :class:`Consumer` needs of its client, as the client's own callables."""
 
-    __slots__ = ("_kick", "_reply", "_session", "_writable", "closed")
-
-    def __init__(
-        self,
-        session: Session,
-        writable: Callable[[], Awaitable[object]],
-        reply: Callable[[Request, str], Awaitable[bytes]],
-        kick: Callable[[], None],
-        closed: Callable[[], ConnectionLostError | None],
-    ) -> None:
-        self._session = session
-        #: Waits for a connection with room for a command.
-        self._writable = writable
-        #: Waits for a request's reply; raises a refusal.
-        self._reply = reply
-        #: Wakes the connection's writer.
-        self._kick = kick
-        #: Why the client ended for good (None while it runs).
-        self.closed = closed
+    _session: Session
+    #: Waits for a connection with room for a command.
+    _writable: Callable[[], Awaitable[object]]
+    #: Waits for a request's reply; raises a refusal.
+    _reply: Callable[[Request, str], Awaitable[bytes]]
+    #: Wakes the connection's writer.
+    _kick: Callable[[], None]
+    #: Why the client ended for good (None while it runs).
+    closed: Callable[[], ConnectionLostError | None]
 
     async def command(self, command: Ack | Nack | Subscribe, wait: bool) -> None:
         """Write ``command``; with ``wait``, wait for its reply and raise a refusal."""

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack
 from functools import partial
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Generic, NoReturn, Protocol, TypeVar, overload
 
 import anyio
 from anyio.from_thread import BlockingPortal, start_blocking_portal
@@ -48,6 +48,35 @@ class _ExitsOnce:
             entered.__exit__(exc_type, exc, tb)
 
 
+class _Wrapper(Protocol):
+    def _async(self) -> object: ...
+
+
+class _Forwarded(Generic[T]):
+    """A read-only attribute of a blocking wrapper: the same-named one of the async object it
+    wraps (``_async()``), documented by that one's docstring, so each is written once."""
+
+    def __init__(self, doc: str | None) -> None:
+        self.__doc__ = doc
+        self._name = ""
+
+    def __set_name__(self, owner: type[object], name: str) -> None:
+        self._name = name
+
+    @overload
+    def __get__(self, wrapper: None, owner: type[object]) -> _Forwarded[T]: ...
+    @overload
+    def __get__(self, wrapper: _Wrapper, owner: type[object]) -> T: ...
+    def __get__(self, wrapper: _Wrapper | None, owner: type[object]) -> _Forwarded[T] | T:
+        if wrapper is None:
+            return self
+        value: T = getattr(wrapper._async(), self._name)
+        return value
+
+    def __set__(self, wrapper: _Wrapper, value: NoReturn) -> NoReturn:
+        raise AttributeError(f"{self._name} is read-only")
+
+
 class SyncClient(_ExitsOnce):
     """A blocking client for scripts and REPLs: ``with SyncClient(host, port) as client:``.
 
@@ -71,6 +100,9 @@ class SyncClient(_ExitsOnce):
         self._portal: BlockingPortal | None = None
         self._client: Client | None = None
 
+    server = _Forwarded[HelloReply | None](Client.server.__doc__)
+    epoch = _Forwarded[str | None](Client.epoch.__doc__)
+
     def __enter__(self) -> SyncClient:
         stack = ExitStack()
         try:
@@ -89,16 +121,6 @@ class SyncClient(_ExitsOnce):
     def close(self) -> None:
         """Flush what was published and disconnect (what leaving the ``with`` block does)."""
         self.__exit__(None, None, None)
-
-    @property
-    def server(self) -> HelloReply | None:
-        """The server's ``hello`` reply, or ``None`` for a plain (reference) server."""
-        return self._async().server
-
-    @property
-    def epoch(self) -> str | None:
-        """The server's current index-numbering epoch (``None`` for a plain server)."""
-        return self._async().epoch
 
     def send(self, topic: str, msg: str, delivery: Delivery = "all", cache: bool = True) -> None:
         """Send a message; return once the server has acknowledged it."""
@@ -170,21 +192,14 @@ class SyncSubscription(_ExitsOnce):
         self._sub = sub
         self._entered = None
         self.timeout = timeout
+        #: The subscribed topic.
+        self.topic = sub.topic
 
-    @property
-    def topic(self) -> str:
-        """The subscribed topic."""
-        return self._sub.topic
+    epoch = _Forwarded[str | None](Subscription.epoch.__doc__)
+    last_index = _Forwarded[int | None](Subscription.last_index.__doc__)
 
-    @property
-    def epoch(self) -> str | None:
-        """The epoch of the last message returned (see :attr:`Subscription.epoch`)."""
-        return self._sub.epoch
-
-    @property
-    def last_index(self) -> int | None:
-        """The index of the last message returned, to save for resuming."""
-        return self._sub.last_index
+    def _async(self) -> Subscription:
+        return self._sub
 
     def __enter__(self) -> SyncSubscription:
         self._entered = entered = self._portal.wrap_async_context_manager(self._sub)
