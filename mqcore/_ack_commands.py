@@ -16,7 +16,7 @@ import msgspec
 from ._acks import DEAD_SUFFIX, DEFAULT_PREFETCH, MAX_PREFETCH, Job, WorkQueues
 from ._connection import Connection, ConnectionId
 from ._journal import Journal
-from ._protocol import SUCCESS, Ack, Nack, Reason, Send, Subscribe, error_reply
+from ._protocol import REFUSED, SUCCESS, Ack, Nack, Reason, Send, Subscribe
 from ._records import JobState
 from ._state import Topic
 from ._subjects import is_pattern
@@ -24,9 +24,6 @@ from ._topics import TopicTable
 
 __all__ = ["AckCommands"]
 
-_BAD_PREFETCH: Final = error_reply(Reason.BAD_PREFETCH)
-_ACK_PATTERN: Final = error_reply(Reason.ACK_PATTERN)
-_TOPIC_TOO_LONG: Final = error_reply(Reason.TOPIC_TOO_LONG)
 _ENCODER: Final = msgspec.json.Encoder()
 
 
@@ -79,14 +76,14 @@ class AckCommands:
         name = command.topic
         prefetch = DEFAULT_PREFETCH if command.prefetch is msgspec.UNSET else command.prefetch
         if not 0 <= prefetch <= MAX_PREFETCH:
-            self._fail(conn, _BAD_PREFETCH)
+            self._fail(conn, REFUSED[Reason.BAD_PREFETCH])
             return
         if is_pattern(name):
-            self._fail(conn, _ACK_PATTERN)
+            self._fail(conn, REFUSED[Reason.ACK_PATTERN])
             return
         if self._table.name_too_long(name + DEAD_SUFFIX):
             # Its dead letters would have nowhere to go.
-            self._fail(conn, _TOPIC_TOO_LONG)
+            self._fail(conn, REFUSED[Reason.TOPIC_TOO_LONG])
             return
         topic = self._join(conn, name)
         if topic is None:

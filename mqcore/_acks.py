@@ -65,7 +65,7 @@ from typing import Final
 from ._connection import Connection, ConnectionId
 from ._journal import Journal
 from ._limits import AckLimits
-from ._protocol import SUCCESS, Reason, error_reply
+from ._protocol import REFUSED, SUCCESS, Reason
 from ._records import JobState
 
 __all__ = [
@@ -95,10 +95,6 @@ DEAD_SUFFIX: Final = ".dead"
 EXPIRED: Final = "ack wait expired"
 DISCONNECTED: Final = "consumer disconnected"
 UNSUBSCRIBED: Final = "consumer unsubscribed"
-
-_NOT_ACKING: Final = error_reply(Reason.NOT_ACKING)
-_NOT_PENDING: Final = error_reply(Reason.NOT_PENDING)
-_BAD_DELAY: Final = error_reply(Reason.BAD_DELAY)
 
 
 class Job:
@@ -301,7 +297,7 @@ class WorkQueues:
     def nack(self, conn: ConnectionId, name: str, index: int, delay: float, reason: str) -> bytes:
         """The reply to a ``nack``: the job goes back, after ``delay`` seconds."""
         if not 0 <= delay <= MAX_NACK_DELAY:
-            return _BAD_DELAY
+            return REFUSED[Reason.BAD_DELAY]
         job = self._take(conn, name, index)
         if isinstance(job, bytes):
             return job
@@ -317,10 +313,10 @@ class WorkQueues:
         """Take job ``index`` off ``conn``'s consumer of ``name``, or the failure reply."""
         consumer = self._by_conn.get(conn, {}).get(name)
         if consumer is None:
-            return _NOT_ACKING
+            return REFUSED[Reason.NOT_ACKING]
         job = consumer.jobs.pop(index, None)
         if job is None:
-            return _NOT_PENDING
+            return REFUSED[Reason.NOT_PENDING]
         del self._pending[job]
         job.consumer = None
         self._opened(consumer)

@@ -57,9 +57,9 @@ from ._limits import AckLimits, TopicLimits
 from ._protocol import (
     COMMAND_DECODER,
     PROTOCOL_FEATURES,
+    REFUSED,
     Reason,
     Send,
-    error_reply,
 )
 from ._records import Record, TopicState
 from ._topics import TopicTable
@@ -80,12 +80,6 @@ DEFAULT_MAX_LINE_BYTES: Final = 1 << 20
 DEFAULT_MAX_TOPICS: Final = 1_000_000
 DEFAULT_MAX_TOPIC_BYTES: Final = 1024
 DEFAULT_MAX_CACHE_BYTES: Final = 1 << 30
-
-_NOT_UTF8: Final = error_reply(Reason.NOT_UTF8)
-_NOT_JSON: Final = error_reply(Reason.NOT_JSON)
-_MALFORMED: Final = error_reply(Reason.MALFORMED)
-_LINE_TOO_LONG: Final = error_reply(Reason.LINE_TOO_LONG)
-_INTERNAL_ERROR: Final = error_reply(Reason.INTERNAL_ERROR)
 
 
 @dataclass(slots=True)
@@ -265,13 +259,13 @@ class Broker(Inspection, Guarded):
         limit = self.max_line_bytes
         lines, tail, first_too_long = conn.split(data, limit)
         if first_too_long:
-            self._fail(conn, _LINE_TOO_LONG)
+            self._fail(conn, REFUSED[Reason.LINE_TOO_LONG])
         decode = COMMAND_DECODER.decode
         sends = 0
         for line in lines:
             # _line(), inlined: this loop runs once per command.
             if len(line) > limit:
-                self._fail(conn, _LINE_TOO_LONG)
+                self._fail(conn, REFUSED[Reason.LINE_TOO_LONG])
                 continue
             try:
                 command = decode(line)
@@ -294,7 +288,7 @@ class Broker(Inspection, Guarded):
                         self._hold_rest(conn, lines, line, tail)
                         break
             except Exception:
-                self._fail(conn, _INTERNAL_ERROR)
+                self._fail(conn, REFUSED[Reason.INTERNAL_ERROR])
         else:
             self._keep_tail(conn, tail, limit)
         self._lines += len(lines)
@@ -302,7 +296,7 @@ class Broker(Inspection, Guarded):
 
     def _keep_tail(self, conn: Connection, tail: bytes, limit: int) -> None:
         if not conn.closing and conn.keep(tail, limit):
-            self._fail(conn, _LINE_TOO_LONG)
+            self._fail(conn, REFUSED[Reason.LINE_TOO_LONG])
 
     def _hold_rest(self, conn: Connection, lines: list[bytes], line: bytes, tail: bytes) -> None:
         """Cluster mode: keep the input after ``line`` until the connection resumes."""
@@ -379,9 +373,9 @@ class Broker(Inspection, Guarded):
         try:
             self._bad_line(conn, line)
         except RecursionError:
-            self._fail(conn, _NOT_JSON)
+            self._fail(conn, REFUSED[Reason.NOT_JSON])
         except Exception:
-            self._fail(conn, _MALFORMED)
+            self._fail(conn, REFUSED[Reason.MALFORMED])
 
     def _line(self, conn: Connection, line: bytes) -> None:
         try:
@@ -401,7 +395,7 @@ class Broker(Inspection, Guarded):
             else:
                 self._command(conn, command)
         except Exception:
-            self._fail(conn, _INTERNAL_ERROR)
+            self._fail(conn, REFUSED[Reason.INTERNAL_ERROR])
 
     def _bad_line(self, conn: Connection, line: bytes) -> None:
         # Whitespace, `quit`, or an error whose reason the reference defines
@@ -409,7 +403,7 @@ class Broker(Inspection, Guarded):
         try:
             text = line.decode("utf-8").strip()
         except UnicodeDecodeError:
-            self._fail(conn, _NOT_UTF8)
+            self._fail(conn, REFUSED[Reason.NOT_UTF8])
             return
         if not text:
             return
@@ -426,9 +420,9 @@ class Broker(Inspection, Guarded):
         except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
             # Nesting deeper than the decoder's limit counts as unparseable
             # (the reference's own parser gives up on it too).
-            self._fail(conn, _NOT_JSON)
+            self._fail(conn, REFUSED[Reason.NOT_JSON])
             return
-        self._fail(conn, _MALFORMED)
+        self._fail(conn, REFUSED[Reason.MALFORMED])
 
     def _end(self, conn: Connection) -> None:
         """End of input (or `quit`): no more input or deliveries; close once flushed."""

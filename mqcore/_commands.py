@@ -30,6 +30,7 @@ from ._ack_commands import AckCommands
 from ._connection import Connection
 from ._journal import Journal
 from ._protocol import (
+    REFUSED,
     SUCCESS,
     Ack,
     Command,
@@ -40,22 +41,13 @@ from ._protocol import (
     Subscribe,
     Unsubscribe,
     delivery_bytes,
-    error_reply,
 )
 from ._state import Entry, Topic
 from ._subjects import EMPTY_TOKEN, is_pattern, pattern_problem
 from ._topics import TopicTable
 
-__all__ = ["REASONS", "Commands"]
+__all__ = ["Commands"]
 
-_MALFORMED: Final = error_reply(Reason.MALFORMED)
-_STORAGE_UNAVAILABLE: Final = error_reply(Reason.STORAGE_UNAVAILABLE)
-_TOPIC_TOO_LONG: Final = error_reply(Reason.TOPIC_TOO_LONG)
-_PATTERN_LAST_SEEN: Final = error_reply(Reason.PATTERN_LAST_SEEN)
-_TOO_MANY_PATTERNS: Final = error_reply(Reason.TOO_MANY_PATTERNS)
-_PATTERN_EMPTY_TOKEN: Final = error_reply(Reason.PATTERN_EMPTY_TOKEN)
-_PATTERN_MULTI_NOT_LAST: Final = error_reply(Reason.PATTERN_MULTI_NOT_LAST)
-_WORK_QUEUE_FULL: Final = error_reply(Reason.WORK_QUEUE_FULL)
 #: A send without a repeated key has 16 quote characters (four keys, four
 #: string values), 18 with "cache"; a repeated key adds at least two more. So
 #: a line with fewer than 20 cannot repeat a key and is spliced as it is;
@@ -109,7 +101,7 @@ class Commands(AckCommands):
         elif type(command) is Nack:
             self._nack(conn, command)
         else:
-            self._fail(conn, _MALFORMED)
+            self._fail(conn, REFUSED[Reason.MALFORMED])
 
     def _create(self, conn: Connection, name: str) -> Topic | None:
         """Create topic ``name``, or answer ``conn`` why not."""
@@ -146,18 +138,19 @@ class Commands(AckCommands):
         pattern = command.topic
         table = self._table
         if table.name_too_long(pattern):
-            self._fail(conn, _TOPIC_TOO_LONG)
+            self._fail(conn, REFUSED[Reason.TOPIC_TOO_LONG])
             return
         problem = pattern_problem(pattern)
         if problem is not None:
             empty = problem is EMPTY_TOKEN
-            self._fail(conn, _PATTERN_EMPTY_TOKEN if empty else _PATTERN_MULTI_NOT_LAST)
+            reason = Reason.PATTERN_EMPTY_TOKEN if empty else Reason.PATTERN_MULTI_NOT_LAST
+            self._fail(conn, REFUSED[reason])
             return
         if command.last_seen != -1:
-            self._fail(conn, _PATTERN_LAST_SEEN)
+            self._fail(conn, REFUSED[Reason.PATTERN_LAST_SEEN])
             return
         if not table.patterns.subscribe(conn, pattern):
-            self._fail(conn, _TOO_MANY_PATTERNS)
+            self._fail(conn, REFUSED[Reason.TOO_MANY_PATTERNS])
             return
         self._emit(conn, SUCCESS)
         if command.cache and self._caching:
@@ -196,7 +189,7 @@ class Commands(AckCommands):
             self._table.unsubscribe(topic, conn)
             self._acks.unsubscribe(conn.id, name)
         elif self._table.name_too_long(name):
-            self._fail(conn, _TOPIC_TOO_LONG)
+            self._fail(conn, REFUSED[Reason.TOPIC_TOO_LONG])
             return
         else:
             # Exactly that pattern subscription, if it is one (else nothing to do).
@@ -204,7 +197,7 @@ class Commands(AckCommands):
         self._emit(conn, SUCCESS)
 
     def _refuse_send(self, conn: Connection, command: Send, line: bytes) -> None:
-        self._fail(conn, _STORAGE_UNAVAILABLE)
+        self._fail(conn, REFUSED[Reason.STORAGE_UNAVAILABLE])
 
     def _send(self, conn: Connection, command: Send, line: bytes) -> None:
         # The hot path: runs once per message. Attributes are read once into
@@ -217,7 +210,7 @@ class Commands(AckCommands):
             # The topic has acknowledging subscribers: a job (see mqcore._acks).
             jobs = acks.consuming(name)
             if jobs is not None and not acks.has_room(len(line)):
-                self._fail(conn, _WORK_QUEUE_FULL)
+                self._fail(conn, REFUSED[Reason.WORK_QUEUE_FULL])
                 return
         topic = self._topics.get(name)
         if topic is None:
@@ -285,35 +278,3 @@ class Commands(AckCommands):
             return self._choose(n)
         topic.rr = (topic.rr + 1) % n
         return topic.rr
-
-
-#: The reason of each failure reply, for counting failures by their bytes.
-REASONS: Final = {
-    error_reply(reason): reason
-    for reason in (
-        Reason.NOT_UTF8,
-        Reason.NOT_JSON,
-        Reason.MALFORMED,
-        Reason.LINE_TOO_LONG,
-        Reason.TOO_MANY_TOPICS,
-        Reason.TOPIC_TOO_LONG,
-        Reason.STORAGE_UNAVAILABLE,
-        Reason.BACKEND_UNAVAILABLE,
-        Reason.NOT_IN_CLUSTER,
-        Reason.INTERNAL_ERROR,
-        Reason.SEND_TO_PATTERN,
-        Reason.PATTERN_EMPTY_TOKEN,
-        Reason.PATTERN_MULTI_NOT_LAST,
-        Reason.PATTERN_LAST_SEEN,
-        Reason.TOO_MANY_PATTERNS,
-        Reason.NOT_ACKING,
-        Reason.NOT_PENDING,
-        Reason.BAD_PREFETCH,
-        Reason.BAD_DELAY,
-        Reason.ACK_PATTERN,
-        Reason.WORK_QUEUE_FULL,
-        Reason.AUTH_REQUIRED,
-        Reason.AUTH_FAILED,
-        Reason.PERMISSION_DENIED,
-    )
-}

@@ -12,7 +12,6 @@ cost is one boolean test; with it, one dict lookup per read and one per
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Final
 
 import msgspec
 
@@ -21,21 +20,17 @@ from ._commands import Commands
 from ._connection import Connection, ConnectionId
 from ._protocol import (
     PROTOCOL_FEATURES,
+    REFUSED,
     Command,
     Hello,
     Reason,
     Send,
     Subscribe,
-    error_reply,
     hello_reply,
 )
 
 __all__ = ["Guarded"]
 
-_AUTH_REQUIRED: Final = error_reply(Reason.AUTH_REQUIRED)
-_AUTH_FAILED: Final = error_reply(Reason.AUTH_FAILED)
-_PERMISSION_DENIED: Final = error_reply(Reason.PERMISSION_DENIED)
-_LINE_TOO_LONG: Final = error_reply(Reason.LINE_TOO_LONG)
 
 SendFn = Callable[[Connection, Send, bytes], None]
 
@@ -80,7 +75,7 @@ class Guarded(Commands):
         if pending is None or conn is None or conn.closing:
             return
         if permissions is None:
-            self._fail(conn, _AUTH_FAILED)
+            self._fail(conn, REFUSED[Reason.AUTH_FAILED])
             self._end(conn)
             return
         self._grants[cid] = Grant(permissions)
@@ -144,7 +139,7 @@ class Guarded(Commands):
             if may_publish(command.topic):
                 send(conn, command, line)
             else:
-                fail(conn, _PERMISSION_DENIED)
+                fail(conn, REFUSED[Reason.PERMISSION_DENIED])
 
         return checked
 
@@ -152,8 +147,8 @@ class Guarded(Commands):
         """Why ``conn`` may not send to ``topic`` (auth only), or None."""
         grant = self._grants.get(conn.id)
         if grant is None:
-            return _AUTH_REQUIRED
-        return None if grant.may_publish(topic) else _PERMISSION_DENIED
+            return REFUSED[Reason.AUTH_REQUIRED]
+        return None if grant.may_publish(topic) else REFUSED[Reason.PERMISSION_DENIED]
 
     def _receive_guarded(self, conn: Connection, data: bytes) -> None:
         """Input of a connection that has not authenticated: line by line, until it is pending."""
@@ -164,10 +159,10 @@ class Guarded(Commands):
         limit = self._line_limit
         lines, tail, first_too_long = conn.split(data, limit)
         if first_too_long:
-            self._fail(conn, _LINE_TOO_LONG)
+            self._fail(conn, REFUSED[Reason.LINE_TOO_LONG])
         for i, line in enumerate(lines):
             if len(line) > limit:
-                self._fail(conn, _LINE_TOO_LONG)
+                self._fail(conn, REFUSED[Reason.LINE_TOO_LONG])
                 continue
             self._line(conn, line)
             if conn.closing:
@@ -178,7 +173,7 @@ class Guarded(Commands):
                 self._hold(conn, pending, b"\n".join([*lines[i + 1 :], tail]))
                 return
         if conn.keep(tail, limit):
-            self._fail(conn, _LINE_TOO_LONG)
+            self._fail(conn, REFUSED[Reason.LINE_TOO_LONG])
 
     def _hold(self, conn: Connection, pending: Pending, data: bytes) -> None:
         held = pending.held
@@ -195,10 +190,10 @@ class Guarded(Commands):
             return False
         grant = self._grants.get(conn.id)
         if grant is None:
-            self._fail(conn, _AUTH_REQUIRED)
+            self._fail(conn, REFUSED[Reason.AUTH_REQUIRED])
             return True
         if type(command) is Subscribe and not grant.may_subscribe(command.topic):
-            self._fail(conn, _PERMISSION_DENIED)
+            self._fail(conn, REFUSED[Reason.PERMISSION_DENIED])
             return True
         return False
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from ._commands import REASONS
 from ._connection import Connection, ConnectionId
+from ._protocol import REASONS
 from ._state import Topic
 from ._stats import BrokerStats
 from ._topics import TopicTable

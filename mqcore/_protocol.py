@@ -6,7 +6,7 @@ TCP server and the client all share one copy of the rules.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Final, Literal
 
 import msgspec
@@ -17,6 +17,8 @@ from ._version import __version__
 __all__ = [
     "COMMAND_DECODER",
     "PROTOCOL_FEATURES",
+    "REASONS",
+    "REFUSED",
     "SERVER_NAME",
     "SUCCESS",
     "Ack",
@@ -267,3 +269,14 @@ def delivery_bytes(line: bytes, index: int) -> bytes:
 def error_reply(reason: str) -> bytes:
     """Return the wire bytes of ``{"success": false, "reason": reason}``."""
     return b'{"success": false, "reason": ' + _ENCODER.encode(reason) + b"}\r\n"
+
+
+#: Each :class:`Reason`'s failure reply, encoded once (taken from the class, so
+#: a new reason has its reply too): ``REFUSED[Reason.MALFORMED]``.
+REFUSED: Final[Mapping[str, bytes]] = {
+    reason: error_reply(reason)
+    for name, reason in vars(Reason).items()
+    if name.isupper() and isinstance(reason, str)
+}
+#: The reason of each failure reply, by its bytes: to count failures by reason.
+REASONS: Final[Mapping[bytes, str]] = {reply: reason for reason, reply in REFUSED.items()}

@@ -48,16 +48,12 @@ from ._connection import Connection
 from ._journal import Journal
 from ._limits import TopicLimits
 from ._patterns import PatternTable, TopicIndex
-from ._protocol import Reason, error_reply
+from ._protocol import REFUSED, Reason
 from ._records import TopicState
 from ._state import Entry, Topic
 from ._subjects import is_pattern
 
 __all__ = ["TopicTable"]
-
-_TOO_MANY_TOPICS = error_reply(Reason.TOO_MANY_TOPICS)
-_TOPIC_TOO_LONG = error_reply(Reason.TOPIC_TOO_LONG)
-_SEND_TO_PATTERN = error_reply(Reason.SEND_TO_PATTERN)
 
 
 class TopicTable:
@@ -109,12 +105,12 @@ class TopicTable:
     def create(self, name: str) -> Topic | bytes:
         """Create topic ``name`` (numbered from the floor), or return the refusal to send."""
         if self.name_too_long(name):
-            return _TOPIC_TOO_LONG
+            return REFUSED[Reason.TOPIC_TOO_LONG]
         if is_pattern(name):
-            return _SEND_TO_PATTERN
+            return REFUSED[Reason.SEND_TO_PATTERN]
         if len(self.by_name) >= self.limits.max_topics:
             if not self.idle:
-                return _TOO_MANY_TOPICS
+                return REFUSED[Reason.TOO_MANY_TOPICS]
             self.forget(next(iter(self.idle.values())))
         return self._add(name, self.index_floor)
 
