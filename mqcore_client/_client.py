@@ -48,7 +48,7 @@ from ._hello import heartbeat
 from ._pattern_state import new_state
 from ._session import Request, Session
 from ._subscription import Subscription
-from ._subscription_state import SubscriptionState
+from ._subscription_state import DEFAULT_MAX_QUEUED, DEFAULT_MAX_QUEUED_BYTES, SubscriptionState
 from ._url import Address
 
 __all__ = [
@@ -61,10 +61,6 @@ __all__ = [
 
 #: Commands sent but not yet answered before ``publish``/``send`` wait.
 DEFAULT_MAX_IN_FLIGHT: Final = 4096
-#: Messages a subscription holds for the application before it overflows.
-DEFAULT_MAX_QUEUED: Final = 10_000
-#: Bytes of message text a subscription holds before it overflows.
-DEFAULT_MAX_QUEUED_BYTES: Final = 16 << 20
 #: How long any call waits for the server.
 DEFAULT_TIMEOUT: Final = 10.0
 #: Unwritten bytes after which publish() lets the writer catch up: with the

@@ -27,7 +27,12 @@ from __future__ import annotations
 from mqcore._subjects import is_pattern
 
 from ._protocol import Received
-from ._subscription_state import SubscriptionState, SubState
+from ._subscription_state import (
+    DEFAULT_MAX_QUEUED,
+    DEFAULT_MAX_QUEUED_BYTES,
+    SubscriptionState,
+    SubState,
+)
 
 __all__ = ["PatternSubscriptionState"]
 
@@ -43,8 +48,8 @@ class PatternSubscriptionState(SubscriptionState):
         cache: bool = True,
         *,
         epoch: str | None = None,
-        max_queued: int = 10_000,
-        max_queued_bytes: int = 16 << 20,
+        max_queued: int = DEFAULT_MAX_QUEUED,
+        max_queued_bytes: int = DEFAULT_MAX_QUEUED_BYTES,
     ) -> None:
         super().__init__(
             pattern,

@@ -24,13 +24,19 @@ from __future__ import annotations
 import enum
 from collections import deque
 from collections.abc import Callable
+from typing import Final
 
 import msgspec
 
 from ._errors import MQError, SubscriptionOverflowError
 from ._protocol import Received
 
-__all__ = ["SubState", "SubscriptionState"]
+__all__ = ["DEFAULT_MAX_QUEUED", "DEFAULT_MAX_QUEUED_BYTES", "SubState", "SubscriptionState"]
+
+#: Messages a subscription holds for the application before it overflows.
+DEFAULT_MAX_QUEUED: Final = 10_000
+#: Bytes of message text a subscription holds before it overflows.
+DEFAULT_MAX_QUEUED_BYTES: Final = 16 << 20
 
 
 class SubState(enum.Enum):
@@ -85,8 +91,8 @@ class SubscriptionState:
         cache: bool = True,
         *,
         epoch: str | None = None,
-        max_queued: int = 10_000,
-        max_queued_bytes: int = 16 << 20,
+        max_queued: int = DEFAULT_MAX_QUEUED,
+        max_queued_bytes: int = DEFAULT_MAX_QUEUED_BYTES,
     ) -> None:
         if max_queued < 1 or max_queued_bytes < 1:
             raise ValueError("max_queued and max_queued_bytes must be >= 1")
