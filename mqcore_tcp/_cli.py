@@ -9,6 +9,7 @@ import signal
 import sys
 import tempfile
 from collections.abc import Sequence
+from dataclasses import fields
 from pathlib import Path
 
 import anyio
@@ -317,28 +318,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def config_of(args: argparse.Namespace) -> ServerConfig:
-    """The server configuration the parsed command line asks for."""
-    return ServerConfig(
-        host=args.host,
-        port=args.port,
-        listen=args.listen,
-        cache_size=args.cache_size,
-        max_line_bytes=args.max_line_bytes,
-        max_queued_bytes=args.max_queued_bytes,
-        max_topics=args.max_topics,
-        max_topic_bytes=args.max_topic_bytes,
-        max_cache_bytes=args.max_cache_bytes,
-        ack_wait=args.ack_wait,
-        max_deliver=args.max_deliver,
-        tls_cert=args.tls_cert,
-        tls_key=args.tls_key,
-        tls_client_ca=args.tls_client_ca,
-        auth=args.auth,
-        auth_timeout=args.auth_timeout,
-        max_connections=args.max_connections,
-        line_timeout=args.line_timeout,
-        cluster=args.cluster,
-    )
+    """The server configuration the parsed command line asks for.
+
+    Each field is the option of the same name; only ``tls_context`` (an object,
+    for embedding) has no option. A field without one fails here, not silently.
+    """
+    names = [f.name for f in fields(ServerConfig) if f.name != "tls_context"]
+    return ServerConfig(**{name: getattr(args, name) for name in names})
 
 
 def data_dir_problem(path: str) -> str | None:
