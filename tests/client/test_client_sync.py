@@ -10,11 +10,14 @@ from anyio.from_thread import start_blocking_portal
 
 from mqcore import Reason
 from mqcore_client import (
+    Client,
     ConnectError,
     MQError,
     MQTimeoutError,
     ServerError,
+    Subscription,
     SyncClient,
+    SyncSubscription,
 )
 from mqcore_tcp import TCPServer
 
@@ -104,3 +107,15 @@ def test_connect_refused_raises_and_use_before_enter_is_an_error() -> None:
         client.send("t", "x")
     with pytest.raises(ConnectError), client:
         pass
+
+
+def test_forwarded_attributes_are_read_only_and_documented_as_the_async_ones() -> None:
+    client = SyncClient(port=free_port())
+    with pytest.raises(RuntimeError):
+        _ = client.epoch  # Not entered: nothing to read from.
+    with pytest.raises(AttributeError):
+        client.server = None  # type: ignore[assignment]
+    assert SyncClient.server.__doc__ == Client.server.__doc__
+    assert SyncClient.epoch.__doc__ == Client.epoch.__doc__
+    assert SyncSubscription.epoch.__doc__ == Subscription.epoch.__doc__
+    assert SyncSubscription.last_index.__doc__ == Subscription.last_index.__doc__
