@@ -41,6 +41,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
+import mqcore
 from mqcore import Broker, Record
 from mqcore_tcp.store import SQLiteStore
 
@@ -243,7 +244,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     duration = 0.2 if args.quick else args.duration
     results = run_cases(duration, core=not args.only_store, store=args.store or args.only_store)
-    report(results, "core case", args.json, {"duration": duration})
+    core = "compiled" if mqcore.COMPILED else "pure"
+    report(results, f"core case ({core})", args.json, {"duration": duration, "core": core})
     return 0
 
 

@@ -46,6 +46,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as `python benchmarks/run.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import mqcore
 from benchmarks.common import (
     ROOT,
     MqloadNotFoundError,
@@ -516,6 +517,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 progress = _row(result)
                 print(f"{progress[0]} {progress[1]}: {progress[-1]}", file=sys.stderr, flush=True)
 
+    # The runner's interpreter is the server's, so it runs the same core;
+    # --compare-ref trees are plain source: always the pure core.
+    print(f"mqcore runs the {_core_kind()} core; mqcore@REF rows run the pure-Python one")
     print(format_table(results))
     ratios = format_ratios(results)
     if ratios:
@@ -524,6 +528,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = {
         "started": dt.datetime.now().isoformat(timespec="seconds"),
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
+        "core": _core_kind(),
         "driver": "mqload" if mqload else DRIVER_NAME,
         "mqload": mqload,
         "quick": args.quick,
@@ -537,6 +542,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         path.write_text(json.dumps(report, indent=2))
         print(f"results written to {path}")
     return 0 if all(r.get("ok") for r in results) else 1
+
+
+def _core_kind() -> str:
+    return "compiled (mypyc)" if mqcore.COMPILED else "pure-Python"
 
 
 def _stamp() -> str:

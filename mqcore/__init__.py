@@ -5,6 +5,7 @@ Feed a :class:`Broker` the bytes each connection sends; take an
 live elsewhere: ``mqcore_tcp`` serves it over TCP.
 """
 
+from . import _broker
 from ._acks import (
     DEFAULT_ACK_WAIT,
     DEFAULT_MAX_DELIVER,
@@ -59,8 +60,13 @@ from ._stats import BrokerStats
 from ._store import MemoryStore, Snapshot, Store, StoreError, StoreUnavailable
 from ._version import __version__
 
+#: Whether this core runs compiled by mypyc (``MQCORE_COMPILE=1 pip install``,
+#: see setup.py) rather than as pure Python: the same source, the same tests.
+COMPILED: bool = not _broker.__file__.endswith(".py")
+
 __all__ = [
     "COMMAND_DECODER",
+    "COMPILED",
     "DEFAULT_ACK_WAIT",
     "DEFAULT_CACHE_SIZE",
     "DEFAULT_MAX_CACHE_BYTES",

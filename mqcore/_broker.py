@@ -50,7 +50,7 @@ from ._acks import (
 from ._auth import Grant, HelloRequest, Pending
 from ._cluster_batch import TopicBatch
 from ._connection import Connection, ConnectionId
-from ._guard import Guarded, SendFn, hello_for
+from ._guard import SendFn, hello_for
 from ._inspect import Inspection
 from ._journal import Journal
 from ._limits import AckLimits, TopicLimits
@@ -118,7 +118,7 @@ class Output:
         )
 
 
-class Broker(Inspection, Guarded):
+class Broker(Inspection):
     """An aiomemq-compatible message broker with no I/O of its own.
 
     ``cache_size`` bounds each topic's replay cache (0 disables it);

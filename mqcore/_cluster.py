@@ -71,6 +71,9 @@ _SEND_TO_PATTERN: Final = error_reply(Reason.SEND_TO_PATTERN)
 _ALL: Final = b"a"
 _CACHED: Final = b"c"
 
+#: What a node's ``hello`` offers: acknowledged subscriptions are refused.
+_CLUSTER_FEATURES: Final = tuple(feature for feature in PROTOCOL_FEATURES if feature != "ack")
+
 #: One delivered message: its index, its kind (``a``, ``c``, or ``o``/``p``
 #: followed by the node id it is for) and its wire bytes.
 Delivered = tuple[int, bytes, bytes]
@@ -111,24 +114,37 @@ class _Mirror:
 class ClusterBroker(Broker):
     """A broker whose indices, caches and cross-node deliveries are the backend's.
 
-    ``node_id`` names this node in the backend (no spaces); the other
-    keywords are :class:`~mqcore.Broker`'s (not ``durable``: the backend is
-    the store).
+    Made by :meth:`for_node`, not called directly.
     """
 
     #: Acknowledged subscriptions are refused in cluster mode: ``hello`` does not offer them.
-    _features = tuple(feature for feature in PROTOCOL_FEATURES if feature != "ack")
+    _features = _CLUSTER_FEATURES
+    # Set by for_node().
+    node_id: str
+    _node_bytes: bytes
+    _mirrors: dict[str, _Mirror]
+    _batches: dict[str, TopicBatch]
+    _work: ClusterWork
+    _backend_available: bool
 
-    def __init__(self, *, node_id: str, **options: Any) -> None:
+    @classmethod
+    def for_node(cls, node_id: str, **options: Any) -> ClusterBroker:
+        """A node's core: ``node_id`` names this node in the backend (no spaces); the
+        other keywords are :class:`~mqcore.Broker`'s (not ``durable``: the backend
+        is the store)."""
         if not node_id or " " in node_id:
             raise ValueError("node_id must be a non-empty word")
-        super().__init__(**options)
-        self.node_id: Final = node_id
-        self._node_bytes = node_id.encode("ascii")
-        self._mirrors: dict[str, _Mirror] = {}
-        self._batches: dict[str, TopicBatch] = {}
-        self._work = ClusterWork()
-        self._backend_available = True
+        # Broker's own __init__, called plainly: compiled by mypyc, an
+        # __init__ of ours forwarding **options to super().__init__() would
+        # pass the dict as its first argument.
+        broker = cls(**options)
+        broker.node_id = node_id
+        broker._node_bytes = node_id.encode("ascii")
+        broker._mirrors = {}
+        broker._batches = {}
+        broker._work = ClusterWork()
+        broker._backend_available = True
+        return broker
 
     # -- the node's side ------------------------------------------------------------
 

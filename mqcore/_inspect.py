@@ -9,21 +9,22 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from ._connection import Connection, ConnectionId
+from ._connection import ConnectionId
+from ._guard import Guarded
 from ._protocol import REASONS
-from ._state import Topic
 from ._stats import BrokerStats
-from ._topics import TopicTable
 
 __all__ = ["Inspection"]
 
 
-class Inspection:
-    """The read-only views of :class:`~mqcore.Broker` (which sets the state up)."""
+class Inspection(Guarded):
+    """The read-only views of :class:`~mqcore.Broker` (which sets the state up).
 
-    _connections: dict[ConnectionId, Connection]
-    _topics: dict[str, Topic]
-    _table: TopicTable
+    A link in the broker's single chain of bases (acknowledged commands,
+    commands, guard, inspection, broker): single inheritance keeps the core
+    compilable by mypyc, which allows only one non-trait base.
+    """
+
     _lines: int
     _sends: int
     _chunks: int

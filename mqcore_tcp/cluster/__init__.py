@@ -76,8 +76,8 @@ def _redacted(url: str) -> str:
 
 def new_broker(config: ServerConfig, epoch: str, *, auth: bool) -> ClusterBroker:
     """The core of a node: a :class:`ClusterBroker` with ``config``'s bounds."""
-    broker = ClusterBroker(
-        node_id=uuid.uuid4().hex[:16],
+    broker = ClusterBroker.for_node(
+        uuid.uuid4().hex[:16],
         **config.broker_bounds(),
         choose=random.Random().randrange,
         epoch=epoch,

@@ -9,7 +9,7 @@ from ..wire import OK, OK_BYTES, fail, line, lines, parse, send, sub, unsub
 
 
 def _broker(**options: object) -> ClusterBroker:
-    return ClusterBroker(node_id="n1", epoch="e", **options)
+    return ClusterBroker.for_node("n1", epoch="e", **options)
 
 
 def _entry(index: int, kind: bytes, head: bytes) -> Delivered:
