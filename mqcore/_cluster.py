@@ -82,15 +82,18 @@ class ClusterWork:
 
     ``loads``: topics whose mirror to load (topic, whether to take its cached
     ``one`` messages); ``drops``: topics with no local subscriber any more;
-    ``returns``: ``one`` messages this node could not deliver (topic, messages).
+    ``returns``: ``one`` messages this node could not deliver (topic, messages);
+    ``confirms``: indices of ``one`` messages handed to a local subscriber
+    (topic, indices): no longer pending for this node in the backend.
     """
 
     loads: list[tuple[str, bool]] = field(default_factory=list)
     drops: list[str] = field(default_factory=list)
     returns: list[tuple[str, list[Delivered]]] = field(default_factory=list)
+    confirms: list[tuple[str, list[int]]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.loads or self.drops or self.returns)
+        return bool(self.loads or self.drops or self.returns or self.confirms)
 
 
 class _Mirror:
@@ -390,6 +393,7 @@ class ClusterBroker(Broker):
         cache = mirror.cache
         mine = self._node_bytes
         unsent: list[Delivered] = []
+        handed: list[int] = []
         for entry in entries:
             index, kind, line = entry
             if kind in (_ALL, _CACHED):
@@ -408,10 +412,13 @@ class ClusterBroker(Broker):
             elif kind[1:] == mine:
                 if targets:
                     self._emit(targets[self._pick_target(topic, len(targets))], line)
+                    handed.append(index)
                 else:
                     unsent.append(entry)
         mirror.next = max(expected, next_index)
         self._return(name, unsent)
+        if handed:
+            self._work.confirms.append((name, handed))
 
     def _pick_target(self, topic: Any, n: int) -> int:
         return self._pick(topic, n)
