@@ -29,13 +29,14 @@ and feeds the answers back. Rules:
   duplicate. When the last local subscriber leaves, the mirror is dropped
   (:attr:`ClusterWork.drops`).
 - **``one``.** The backend picks the node; a ``one`` addressed to this node
-  goes to one local target; with none left it goes back to the node
-  (:attr:`ClusterWork.returns`) to be picked again. The first load of a
-  topic takes its cached ``one`` messages (consumed once cluster-wide) for
-  the subscribe that asked for the cache.
+  goes to one local target (a job if it has consumers: :mod:`._cluster_acks`),
+  pending in the backend until confirmed (:attr:`ClusterWork.confirms`); with
+  none left it goes back (:attr:`ClusterWork.returns`) to be picked again.
+  The first load of a topic takes its cached ``one`` messages (consumed once
+  cluster-wide) for the subscribe that asked for the cache.
 - **Patterns** get live deliveries of the topics this node mirrors (those
   with a local exact subscriber), and no replay: the backend is not searched
-  by pattern. Acknowledged delivery is refused (``Not supported in cluster mode``).
+  by pattern.
 """
 
 from __future__ import annotations
@@ -46,11 +47,11 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from ._broker import Broker, Output
+from ._cluster_acks import ClusterAcks, ClusterWorkQueues, ack_refusal
 from ._cluster_batch import TopicBatch
 from ._commands import _SPLICE_QUOTES
 from ._connection import Connection, ConnectionId
 from ._protocol import (
-    PROTOCOL_FEATURES,
     SUCCESS,
     Reason,
     Send,
@@ -65,7 +66,6 @@ from ._subjects import is_pattern
 __all__ = ["ClusterBroker", "ClusterWork", "Delivered", "TopicBatch"]
 
 _BACKEND_UNAVAILABLE: Final = error_reply(Reason.BACKEND_UNAVAILABLE)
-_NOT_IN_CLUSTER: Final = error_reply(Reason.NOT_IN_CLUSTER)
 _TOPIC_TOO_LONG: Final = error_reply(Reason.TOPIC_TOO_LONG)
 _SEND_TO_PATTERN: Final = error_reply(Reason.SEND_TO_PATTERN)
 _ALL: Final = b"a"
@@ -111,16 +111,13 @@ class _Mirror:
         self.waiting: list[tuple[Connection, Subscribe]] = []
 
 
-class ClusterBroker(Broker):
+class ClusterBroker(ClusterAcks, Broker):
     """A broker whose indices, caches and cross-node deliveries are the backend's.
 
     ``node_id`` names this node in the backend (no spaces); the other
     keywords are :class:`~mqcore.Broker`'s (not ``durable``: the backend is
     the store).
     """
-
-    #: Acknowledged subscriptions are refused in cluster mode: ``hello`` does not offer them.
-    _features = tuple(feature for feature in PROTOCOL_FEATURES if feature != "ack")
 
     def __init__(self, *, node_id: str, **options: Any) -> None:
         if not node_id or " " in node_id:
@@ -132,6 +129,7 @@ class ClusterBroker(Broker):
         self._batches: dict[str, TopicBatch] = {}
         self._work = ClusterWork()
         self._backend_available = True
+        self._acks = self._jobs = ClusterWorkQueues(self._acks, self._job_done)
 
     # -- the node's side ------------------------------------------------------------
 
@@ -278,14 +276,17 @@ class ClusterBroker(Broker):
         self._emit(conn, SUCCESS)
         out = conn.out
         assert out is not None
-        batch.slots.append((conn.id, len(out) - 1))
+        if conn.id >= 0:  # not the broker's own dead letters (mqcore._ack_commands)
+            batch.slots.append((conn.id, len(out) - 1))
 
     def _subscribe(self, conn: Connection, command: Subscribe) -> None:
         name = command.topic
         if command.ack is True:
-            self._fail(conn, _NOT_IN_CLUSTER)
-            return
-        if is_pattern(name):
+            refusal = ack_refusal(self._table, command)
+            if refusal is not None:
+                self._fail(conn, refusal)
+                return
+        elif is_pattern(name):
             self._subscribe_pattern(conn, command)
             return
         mirror = self._mirrors.get(name)
@@ -300,12 +301,9 @@ class ClusterBroker(Broker):
                 self._fail(conn, _BACKEND_UNAVAILABLE)
                 return
             mirror = self._mirrors[name] = _Mirror(self.cache_size)
-            self._work.loads.append((name, command.cache))
+            self._work.loads.append((name, command.cache or command.ack is True))
         mirror.waiting.append((conn, command))
         self._held[conn.id] = []
-
-    def _subscribe_ack(self, conn: Connection, command: Subscribe) -> None:
-        self._fail(conn, _NOT_IN_CLUSTER)
 
     def _unsubscribe(self, conn: Connection, command: Unsubscribe) -> None:
         super()._unsubscribe(conn, command)
@@ -333,16 +331,21 @@ class ClusterBroker(Broker):
         if topic is None:
             return False
         self._table.subscribe(topic, conn)
+        queue = self._consumer(conn, topic.name, command)
         self._emit(conn, SUCCESS)
-        if not command.cache:
+        if command.cache:
+            last_seen = command.last_seen
+            for index, line in mirror.cache:
+                if index > last_seen:
+                    self._emit(conn, line)
+        if queue is not None:
+            return self._claim(queue, ones)
+        if not command.cache or not ones:
             return False
-        last_seen = command.last_seen
-        for index, line in mirror.cache:
-            if index > last_seen:
-                self._emit(conn, line)
         for _, _, line in ones:
             self._emit(conn, line)
-        return bool(ones)
+        self._work.confirms.append((topic.name, [index for index, _, _ in ones]))
+        return True
 
     def _settle(self, name: str, mirror: _Mirror, ones: list[Delivered]) -> None:
         """A load ended: subscribe the waiting, deliver what came meanwhile, resume."""
@@ -372,6 +375,7 @@ class ClusterBroker(Broker):
         """Drop the mirrors of ``names`` that lost their last local subscriber."""
         topics = self._topics
         for name in names:
+            self._return_jobs(name)
             mirror = self._mirrors.get(name)
             if mirror is None or mirror.loading:
                 continue
@@ -394,6 +398,8 @@ class ClusterBroker(Broker):
         mine = self._node_bytes
         unsent: list[Delivered] = []
         handed: list[int] = []
+        acks = self._acks
+        queue = acks.consuming(name) if acks.queues else None
         for entry in entries:
             index, kind, line = entry
             if kind in (_ALL, _CACHED):
@@ -410,12 +416,19 @@ class ClusterBroker(Broker):
                     else:
                         out.append(line)
             elif kind[1:] == mine:
-                if targets:
+                if queue is not None:
+                    if acks.has_room(len(line)):
+                        acks.add(queue, index, line)
+                    else:
+                        unsent.append(entry)  # back to the backend, for another node
+                elif targets:
                     self._emit(targets[self._pick_target(topic, len(targets))], line)
                     handed.append(index)
                 else:
                     unsent.append(entry)
         mirror.next = max(expected, next_index)
+        if queue is not None:
+            acks.dispatch(queue)
         self._return(name, unsent)
         if handed:
             self._work.confirms.append((name, handed))
@@ -430,3 +443,8 @@ class ClusterBroker(Broker):
     def _return(self, name: str, ones: list[Delivered]) -> None:
         if ones:
             self._work.returns.append((name, ones))
+
+    def advance(self, now: float) -> None:
+        super().advance(now)
+        for name in self._jobs.with_orphans():
+            self._return_jobs(name)

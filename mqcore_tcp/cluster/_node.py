@@ -286,15 +286,22 @@ class ClusterNode(Committer):
                         self._unconfirmed.setdefault(topic, []).extend(indices)
                 await self._confirm()
                 for work in works:
-                    for topic in work.drops:
-                        await self._drop(topic)
-                    for topic, take_ones in work.loads:
-                        await self._load(topic, take_ones)
+                    # Returns before drops: leaving a topic re-routes whatever
+                    # is still pending here, returned or not.
                     for topic, ones in work.returns:
                         try:
                             await self._backend.requeue(topic, ones)
                         except BackendError as exc:
-                            log.warning("%d one message(s) of %r lost: %s", len(ones), topic, exc)
+                            log.warning(
+                                "%d one message(s) of %r stay pending here: %s",
+                                len(ones),
+                                topic,
+                                exc,
+                            )
+                    for topic in work.drops:
+                        await self._drop(topic)
+                    for topic, take_ones in work.loads:
+                        await self._load(topic, take_ones)
                 self._flush()
                 self._submit_work()
                 self._rooms()

@@ -217,8 +217,9 @@ return first
 
 #: KEYS: next, cache, subs, count, pending. ARGV: channel, cache size,
 #: random seed, "l", node, its subscriber count, ttl ms, "1" to take the
-#: cached ``one`` messages. Registers the node (re-routing dead nodes'
-#: pending ones first); returns {next index, cache items, taken ones}.
+#: cached ``one`` messages (pending for the node from then on). Registers the
+#: node (re-routing dead nodes' pending ones first); returns {next index,
+#: cache items, taken ones}.
 LOAD: Final = (
     _ROUTE
     + """
@@ -239,6 +240,13 @@ if ARGV[8] == '1' then
     redis.call('DEL', ckey)
     push(ckey, keep)
     items = keep
+    -- Taken, not yet handed out: pending for this node from now on.
+    for _, item in ipairs(ones) do
+      if redis.call('HLEN', pkey) >= MAX_PENDING then break end
+      local stop = string.find(item, ' ', 1, true)
+      local idx, line = string.sub(item, 1, stop - 1), string.sub(item, stop + 3)
+      redis.call('HSET', pkey, idx, ARGV[5] .. ' p ' .. line)
+    end
   end
 end
 return {nxt, items, ones}

@@ -51,4 +51,3 @@ def test_redis_restarted_mid_stream(redis_server_aof: RedisServer) -> None:
         assert [m["index"] for m in got] == list(range(100, 151))
         assert got[0]["msg"].startswith("retry")
         assert [m["msg"] for m in got[1:]] == [f"after{i}" for i in range(50)]
-
