@@ -17,7 +17,7 @@ from mqcore_tcp.testing_redis import RedisServer
 
 from ..wire import OK, fail, line, parse, send, sub, unsub
 from .support import Peer, nodes
-from .test_cluster_one import _collect, _exactly_once, _nothing_more, _pending
+from .test_cluster_one import _collect, _exactly_once, _nothing_more, _pending, _subscribers
 
 NOT_PENDING = fail("Not pending: unknown index, already acknowledged, or another's")
 HEAD = b'{"command": "send", "topic": "t", "msg": "m", "delivery": "one", "index": '
@@ -129,12 +129,9 @@ def test_a_killed_nodes_unacked_jobs_go_to_a_consumer_on_another_node(
     redis_server: RedisServer,
 ) -> None:
     with nodes(redis_server.url, 3) as (a, b, c):
-        doomed, worker = Peer(a.port), Peer(b.port)
-        for peer in (doomed, worker):
-            peer.send(line({"command": "hello"}))
-            assert "ack" in peer.lines(1)[0]["features"]
-            peer.send(line(sub("jobs", ack=True, prefetch=1000, cache=False)))
-            assert peer.lines(1) == [OK]
+        doomed, worker = _subscribers([a.port, b.port], "jobs", ack=True, prefetch=1000)
+        doomed.send(line({"command": "hello"}))
+        assert "ack" in doomed.lines(1)[0]["features"]
         sender = Peer(c.port)
         sender.send(b"".join(line(send("jobs", f"j{i}", "one")) for i in range(200)))
         assert sender.lines(200) == [OK] * 200

@@ -28,6 +28,15 @@ def _jobs(prefix: str, count: int, topic: str = "jobs") -> bytes:
     return b"".join(line(send(topic, f"{prefix}{i}", "one")) for i in range(count))
 
 
+def _subscribers(ports: list[int], topic: str, **options: object) -> list[Peer]:
+    """One subscriber of ``topic`` on each node of ``ports``, subscribed."""
+    peers = [Peer(port) for port in ports]
+    for peer in peers:
+        peer.send(line(sub(topic, **options)))
+        assert peer.lines(1) == [OK]
+    return peers
+
+
 def _collect(peers: list[Peer], total: int, within: float = WITHIN) -> list[list[str]]:
     """Read the deliveries of ``peers`` until they add up to ``total``: each peer's msgs."""
     got: list[list[str]] = [[] for _ in peers]
@@ -90,10 +99,7 @@ def test_ones_routed_to_a_killed_node_reach_the_other_subscriber(
     redis_server: RedisServer,
 ) -> None:
     with nodes(redis_server.url, 3) as (a, b, c):
-        on_a, on_b = Peer(a.port), Peer(b.port)
-        for peer in (on_a, on_b):
-            peer.send(line(sub("jobs", cache=False)))
-            assert peer.lines(1) == [OK]
+        on_a, on_b = _subscribers([a.port, b.port], "jobs", cache=False)
         sender = Peer(c.port)
         sender.send(_jobs("before", 200))
         assert sender.lines(200) == [OK] * 200
@@ -120,9 +126,7 @@ def test_ones_routed_to_a_killed_node_reach_the_other_subscriber(
 
 def test_ones_of_a_killed_node_go_to_a_later_subscriber(redis_server: RedisServer) -> None:
     with nodes(redis_server.url, 2) as (a, b):
-        doomed = Peer(a.port)
-        doomed.send(line(sub("work", cache=False)))
-        assert doomed.lines(1) == [OK]
+        _subscribers([a.port], "work", cache=False)
         os.kill(a.pid, signal.SIGSTOP)
         sender = Peer(b.port)
         sender.send(_jobs("w", 100, "work"))
@@ -132,28 +136,19 @@ def test_ones_of_a_killed_node_go_to_a_later_subscriber(redis_server: RedisServe
         a.wait()
         # The only subscriber is gone: the cached ones (consumed once) and the
         # uncached ones alike wait in Redis for the next subscriber anywhere.
-        later = Peer(b.port)
-        later.send(line(sub("work", cache=False)))
-        assert later.lines(1) == [OK]
+        (later,) = _subscribers([b.port], "work", cache=False)
         (got,) = _collect([later], 120)
         _exactly_once(got, [f"w{i}" for i in range(100)] + [f"k{i}" for i in range(20)])
         _nothing_more(later)
-        another = Peer(b.port)
-        another.send(line(sub("work")))
-        assert another.lines(1) == [OK]
+        (another,) = _subscribers([b.port], "work")
         _nothing_more(another)  # consumed: not replayed
 
 
 def test_a_killed_node_stops_getting_one_messages(redis_server: RedisServer) -> None:
     with nodes(redis_server.url, 3) as (a, b, c):
-        alive, doomed = Peer(b.port), Peer(c.port)
-        for peer in (alive, doomed):
-            peer.send(line(sub("jobs", cache=False)))
-            assert peer.lines(1) == [OK]
+        alive, _doomed = _subscribers([b.port, c.port], "jobs", cache=False)
         # "all" subscribers elsewhere keep getting everything meanwhile.
-        watcher = Peer(b.port)
-        watcher.send(line(sub("news", cache=False)))
-        assert watcher.lines(1) == [OK]
+        (watcher,) = _subscribers([b.port], "news", cache=False)
         c.kill()
         c.wait()
         sender = Peer(a.port)
