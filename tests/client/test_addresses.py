@@ -344,6 +344,8 @@ async def test_the_command_line_takes_several_addresses(
     assert capsys.readouterr().out == "hi\n"
 
 
+
+
 async def test_credentials_in_a_command_line_url_are_used(tmp_path: Path) -> None:
     """Checked on the old command line: it dropped them (Authentication required)."""
     users = write_auth(tmp_path / "users.toml", {"ann": {"password": "p,w", "publish": [">"]}})

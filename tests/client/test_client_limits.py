@@ -129,8 +129,7 @@ async def test_connect_takes_urls(socket_path: str) -> None:
 
 
 @pytest.mark.skipif(
-    "--listen"
-    not in subprocess.run(
+    "--listen" not in subprocess.run(
         [sys.executable, "-m", "mqcore_tcp", "--help"], capture_output=True, text=True
     ).stdout,
     reason="the server's --listen (Unix listener) is another layer's; present after the merge",

@@ -138,18 +138,8 @@ def test_a_lost_connection_fails_what_it_owed() -> None:
         (b'{"success": false, "reason": "\xff"}', ProtocolError),
         (b"[" * 100_000, ProtocolError),
     ],
-    ids=[
-        "ok",
-        "ok-tight",
-        "ok-spaced",
-        "empty",
-        "blank",
-        "failure",
-        "delivery",
-        "garbage",
-        "bad-utf8",
-        "too-deep",
-    ],
+    ids=["ok", "ok-tight", "ok-spaced", "empty", "blank", "failure", "delivery", "garbage",
+         "bad-utf8", "too-deep"],
 )
 def test_every_line_is_a_reply_a_delivery_nothing_or_a_protocol_error(
     text: bytes, expected: object

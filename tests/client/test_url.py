@@ -28,17 +28,8 @@ def test_urls_are_read(text: str, address: Address) -> None:
 
 @pytest.mark.parametrize(
     "text",
-    [
-        "",
-        "http://h:1",
-        "mqcore://h:port",
-        "mqcore://h:0",
-        "mqcore://h:70000",
-        "h:1:2",
-        "unix://",
-        "mqcore://h:1/path",
-        "[::1",
-    ],
+    ["", "http://h:1", "mqcore://h:port", "mqcore://h:0", "mqcore://h:70000", "h:1:2",
+     "unix://", "mqcore://h:1/path", "[::1"],
 )
 def test_bad_urls_say_what_is_wrong(text: str) -> None:
     with pytest.raises(ValueError, match=r"\S"):

@@ -146,3 +146,4 @@ async def full_disk_scenario(data_dir: Path, options: list[str]) -> None:
         replay = [await reader.read() for _ in acked]
         assert [int(m["msg"].split(":")[0]) for m in replay] == acked
         assert [m["index"] for m in replay] == list(range(len(acked)))
+
