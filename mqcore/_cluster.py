@@ -29,13 +29,14 @@ and feeds the answers back. Rules:
   duplicate. When the last local subscriber leaves, the mirror is dropped
   (:attr:`ClusterWork.drops`).
 - **``one``.** The backend picks the node; a ``one`` addressed to this node
-  goes to one local target; with none left it goes back to the node
-  (:attr:`ClusterWork.returns`) to be picked again. The first load of a
-  topic takes its cached ``one`` messages (consumed once cluster-wide) for
-  the subscribe that asked for the cache.
+  goes to one local target (a job if it has consumers: :mod:`._cluster_acks`),
+  pending in the backend until confirmed (:attr:`ClusterWork.confirms`); with
+  none left it goes back (:attr:`ClusterWork.returns`) to be picked again.
+  The first load of a topic takes its cached ``one`` messages (consumed once
+  cluster-wide) for the subscribe that asked for the cache.
 - **Patterns** get live deliveries of the topics this node mirrors (those
   with a local exact subscriber), and no replay: the backend is not searched
-  by pattern. Acknowledged delivery is refused (``Not supported in cluster mode``).
+  by pattern.
 """
 
 from __future__ import annotations
@@ -45,12 +46,12 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from ._broker import Broker, Output
+from ._broker import Output
+from ._cluster_acks import ClusterAcks, ClusterWorkQueues, ack_refusal
 from ._cluster_batch import TopicBatch
 from ._commands import _SPLICE_QUOTES
 from ._connection import Connection, ConnectionId
 from ._protocol import (
-    PROTOCOL_FEATURES,
     SUCCESS,
     Reason,
     Send,
@@ -65,14 +66,10 @@ from ._subjects import is_pattern
 __all__ = ["ClusterBroker", "ClusterWork", "Delivered", "TopicBatch"]
 
 _BACKEND_UNAVAILABLE: Final = error_reply(Reason.BACKEND_UNAVAILABLE)
-_NOT_IN_CLUSTER: Final = error_reply(Reason.NOT_IN_CLUSTER)
 _TOPIC_TOO_LONG: Final = error_reply(Reason.TOPIC_TOO_LONG)
 _SEND_TO_PATTERN: Final = error_reply(Reason.SEND_TO_PATTERN)
 _ALL: Final = b"a"
 _CACHED: Final = b"c"
-
-#: What a node's ``hello`` offers: acknowledged subscriptions are refused.
-_CLUSTER_FEATURES: Final = tuple(feature for feature in PROTOCOL_FEATURES if feature != "ack")
 
 #: One delivered message: its index, its kind (``a``, ``c``, or ``o``/``p``
 #: followed by the node id it is for) and its wire bytes.
@@ -85,15 +82,18 @@ class ClusterWork:
 
     ``loads``: topics whose mirror to load (topic, whether to take its cached
     ``one`` messages); ``drops``: topics with no local subscriber any more;
-    ``returns``: ``one`` messages this node could not deliver (topic, messages).
+    ``returns``: ``one`` messages this node could not deliver (topic, messages);
+    ``confirms``: indices of ``one`` messages handed to a local subscriber
+    (topic, indices): no longer pending for this node in the backend.
     """
 
     loads: list[tuple[str, bool]] = field(default_factory=list)
     drops: list[str] = field(default_factory=list)
     returns: list[tuple[str, list[Delivered]]] = field(default_factory=list)
+    confirms: list[tuple[str, list[int]]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.loads or self.drops or self.returns)
+        return bool(self.loads or self.drops or self.returns or self.confirms)
 
 
 class _Mirror:
@@ -111,20 +111,16 @@ class _Mirror:
         self.waiting: list[tuple[Connection, Subscribe]] = []
 
 
-class ClusterBroker(Broker):
+class ClusterBroker(ClusterAcks):
     """A broker whose indices, caches and cross-node deliveries are the backend's.
 
     Made by :meth:`for_node`, not called directly.
     """
 
-    #: Acknowledged subscriptions are refused in cluster mode: ``hello`` does not offer them.
-    _features = _CLUSTER_FEATURES
-    # Set by for_node().
+    # Set by for_node() (and, for ClusterAcks, declared there).
     node_id: str
-    _node_bytes: bytes
     _mirrors: dict[str, _Mirror]
     _batches: dict[str, TopicBatch]
-    _work: ClusterWork
     _backend_available: bool
 
     @classmethod
@@ -144,6 +140,7 @@ class ClusterBroker(Broker):
         broker._batches = {}
         broker._work = ClusterWork()
         broker._backend_available = True
+        broker._acks = broker._jobs = ClusterWorkQueues(broker._acks, broker._job_done)
         return broker
 
     # -- the node's side ------------------------------------------------------------
@@ -291,14 +288,17 @@ class ClusterBroker(Broker):
         self._emit(conn, SUCCESS)
         out = conn.out
         assert out is not None
-        batch.slots.append((conn.id, len(out) - 1))
+        if conn.id >= 0:  # not the broker's own dead letters (mqcore._ack_commands)
+            batch.slots.append((conn.id, len(out) - 1))
 
     def _subscribe(self, conn: Connection, command: Subscribe) -> None:
         name = command.topic
         if command.ack is True:
-            self._fail(conn, _NOT_IN_CLUSTER)
-            return
-        if is_pattern(name):
+            refusal = ack_refusal(self._table, command)
+            if refusal is not None:
+                self._fail(conn, refusal)
+                return
+        elif is_pattern(name):
             self._subscribe_pattern(conn, command)
             return
         mirror = self._mirrors.get(name)
@@ -313,12 +313,9 @@ class ClusterBroker(Broker):
                 self._fail(conn, _BACKEND_UNAVAILABLE)
                 return
             mirror = self._mirrors[name] = _Mirror(self.cache_size)
-            self._work.loads.append((name, command.cache))
+            self._work.loads.append((name, command.cache or command.ack is True))
         mirror.waiting.append((conn, command))
         self._held[conn.id] = []
-
-    def _subscribe_ack(self, conn: Connection, command: Subscribe) -> None:
-        self._fail(conn, _NOT_IN_CLUSTER)
 
     def _unsubscribe(self, conn: Connection, command: Unsubscribe) -> None:
         super()._unsubscribe(conn, command)
@@ -346,16 +343,21 @@ class ClusterBroker(Broker):
         if topic is None:
             return False
         self._table.subscribe(topic, conn)
+        queue = self._consumer(conn, topic.name, command)
         self._emit(conn, SUCCESS)
-        if not command.cache:
+        if command.cache:
+            last_seen = command.last_seen
+            for index, line in mirror.cache:
+                if index > last_seen:
+                    self._emit(conn, line)
+        if queue is not None:
+            return self._claim(queue, ones)
+        if not command.cache or not ones:
             return False
-        last_seen = command.last_seen
-        for index, line in mirror.cache:
-            if index > last_seen:
-                self._emit(conn, line)
         for _, _, line in ones:
             self._emit(conn, line)
-        return bool(ones)
+        self._work.confirms.append((topic.name, [index for index, _, _ in ones]))
+        return True
 
     def _settle(self, name: str, mirror: _Mirror, ones: list[Delivered]) -> None:
         """A load ended: subscribe the waiting, deliver what came meanwhile, resume."""
@@ -385,6 +387,7 @@ class ClusterBroker(Broker):
         """Drop the mirrors of ``names`` that lost their last local subscriber."""
         topics = self._topics
         for name in names:
+            self._return_jobs(name)
             mirror = self._mirrors.get(name)
             if mirror is None or mirror.loading:
                 continue
@@ -406,6 +409,9 @@ class ClusterBroker(Broker):
         cache = mirror.cache
         mine = self._node_bytes
         unsent: list[Delivered] = []
+        handed: list[int] = []
+        acks = self._acks
+        queue = acks.consuming(name) if acks.queues else None
         for entry in entries:
             index, kind, line = entry
             if kind in (_ALL, _CACHED):
@@ -422,12 +428,22 @@ class ClusterBroker(Broker):
                     else:
                         out.append(line)
             elif kind[1:] == mine:
-                if targets:
+                if queue is not None:
+                    if acks.has_room(len(line)):
+                        acks.add(queue, index, line)
+                    else:
+                        unsent.append(entry)  # back to the backend, for another node
+                elif targets:
                     self._emit(targets[self._pick_target(topic, len(targets))], line)
+                    handed.append(index)
                 else:
                     unsent.append(entry)
         mirror.next = max(expected, next_index)
+        if queue is not None:
+            acks.dispatch(queue)
         self._return(name, unsent)
+        if handed:
+            self._work.confirms.append((name, handed))
 
     def _pick_target(self, topic: Any, n: int) -> int:
         return self._pick(topic, n)
@@ -439,3 +455,8 @@ class ClusterBroker(Broker):
     def _return(self, name: str, ones: list[Delivered]) -> None:
         if ones:
             self._work.returns.append((name, ones))
+
+    def advance(self, now: float) -> None:
+        super().advance(now)
+        for name in self._jobs.with_orphans():
+            self._return_jobs(name)

@@ -20,7 +20,7 @@ from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 from mqcore._cluster import Delivered, TopicBatch
 
 from ._keys import CACHE_SIZE, EPOCH, TopicKeys, parse_item
-from ._scripts import HEARTBEAT, LOAD, PUBLISH
+from ._scripts import LOAD, PUBLISH
 
 __all__ = ["CALL_TIMEOUT", "REGISTRATION_TTL", "Backend", "BackendError", "CacheSizeMismatch"]
 
@@ -60,7 +60,6 @@ class Backend:
     def _scripts(self) -> None:
         self._publish = self.redis.register_script(PUBLISH)
         self._load = self.redis.register_script(LOAD)
-        self._heartbeat = self.redis.register_script(HEARTBEAT)
 
     async def connect(self) -> None:
         """Find whether the URL names a Redis Cluster; if so, talk to it as one."""
@@ -189,42 +188,57 @@ class Backend:
     ) -> tuple[int, list[Delivered], list[Delivered]]:
         """Register for ``topic``; its next index, cache items and taken ``one`` messages."""
         keys = self.keys(topic)
-        args: list[Any] = [self.node_id, max(1, count), REGISTRATION_TTL, "1" if take_ones else "0"]
+        args = self._route_args(keys, "l", max(1, count), REGISTRATION_TTL, int(take_ones))
         next_index, items, ones = await self._call(self._load(keys=keys.keys, args=args))
         return int(next_index), [parse_item(i) for i in items], [parse_item(i) for i in ones]
 
-    async def heartbeat(self, counts: dict[str, int]) -> str | None:
-        """Renew this node's registrations; return the epoch (None: Redis lost it)."""
-        if self.cluster:
-            calls = [
-                self._heartbeat(
-                    keys=self.keys(topic).keys[2:], args=[self.node_id, count, REGISTRATION_TTL]
-                )
-                for topic, count in counts.items()
-                if count
-            ]
-            failed = [r for r in await self._call(self._each(calls)) if isinstance(r, Exception)]
-            if failed:
-                raise BackendError(str(failed[0]))
-            epoch = await self._call(self.redis.get(EPOCH))
+    def _route_args(self, keys: TopicKeys, mode: str, *rest: Any) -> list[Any]:
+        """The ARGV of a routing script call by this node (see :mod:`._scripts`)."""
+        return [keys.channel, self.cache_size, self._seed(), mode, self.node_id, *rest]
+
+    async def confirm(self, handed: dict[str, list[int]]) -> None:
+        """The ``one`` messages this node handed to its subscribers: no longer pending.
+
+        One script call per topic, all at once; raises if any failed.
+        """
+        calls = []
+        for topic, indices in handed.items():
+            keys = self.keys(topic)
+            calls.append((keys.keys, self._route_args(keys, "c", *indices)))
+        await self._routes(calls)
+
+    async def _routes(self, calls: list[tuple[list[Any], list[Any]]]) -> None:
+        """Routing script calls for several topics: at once (a cluster), else one pipeline."""
+        if self.cluster or len(calls) <= 1:
+            each = [self._publish(keys=keys, args=args) for keys, args in calls]
+            results: list[Any] = await self._call(self._each(each))
         else:
             pipe = self.redis.pipeline(transaction=False)
-            for topic, count in counts.items():
-                if count:
-                    keys = self.keys(topic)
-                    await self._heartbeat(
-                        keys=keys.keys[2:],
-                        args=[self.node_id, count, REGISTRATION_TTL],
-                        client=pipe,
-                    )
-            pipe.get(EPOCH)
-            epoch = (await self._call(pipe.execute()))[-1]
+            for keys, args in calls:
+                await self._publish(keys=keys, args=args, client=pipe)
+            results = await self._call(pipe.execute(raise_on_error=False))
+        failed = [r for r in results if isinstance(r, Exception)]
+        if failed:
+            raise BackendError(str(failed[0]))
+
+    async def heartbeat(self, counts: dict[str, int]) -> str | None:
+        """Renew this node's registrations; return the epoch (None: Redis lost it).
+
+        Each renewal also re-routes the ``one`` messages pending for nodes found dead.
+        """
+        calls = []
+        for topic, count in counts.items():
+            if count:
+                keys = self.keys(topic)
+                calls.append((keys.keys, self._route_args(keys, "h", count, REGISTRATION_TTL)))
+        await self._routes(calls)
+        epoch = await self._call(self.redis.get(EPOCH))
         return None if epoch is None else bytes(epoch).decode("ascii", "replace")
 
     async def unregister(self, topic: str) -> None:
+        """Leave ``topic``: this node's pending ``one`` messages go to another node."""
         keys = self.keys(topic)
-        await self._call(self.redis.zrem(keys.keys[2], self.node_id))
-        await self._call(self.redis.hdel(keys.keys[3], self.node_id))
+        await self._call(self._publish(keys=keys.keys, args=self._route_args(keys, "u")))
 
     def _seed(self) -> int:
         return self._random.randrange(1, 2147483646)

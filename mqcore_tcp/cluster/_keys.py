@@ -33,8 +33,11 @@ class TopicKeys:
 
     def __init__(self, topic: str) -> None:
         self.channel = b"mq:{" + _tag(topic) + b"}"
-        #: next, cache, subs, count: the KEYS of every script.
-        self.keys = [self.channel + suffix for suffix in (b":next", b":cache", b":subs", b":count")]
+        #: next, cache, subs, count, pending: the KEYS of every script.
+        self.keys = [
+            self.channel + suffix
+            for suffix in (b":next", b":cache", b":subs", b":count", b":pending")
+        ]
 
 
 def parse_item(item: bytes) -> Delivered:

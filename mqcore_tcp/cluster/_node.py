@@ -16,9 +16,14 @@ committer. Theory of operation:
   the hub once per burst of messages.
 - **Work.** Mirror loads (after the channel is subscribed: then the load's
   snapshot and the live batches overlap, and the core drops the overlap),
-  drops and returned ``one`` messages run in order in a worker task.
+  drops and returned ``one`` messages run in order in a worker task. Before
+  them, the ``one`` messages handed to local subscribers since the last
+  round are confirmed (one script call per topic): Redis holds every routed
+  ``one`` as pending until then, and re-routes it if this node dies first
+  (see :mod:`._scripts`).
 - **Heartbeat.** Every :data:`HEARTBEAT` seconds the node renews its
-  registration for each topic it has subscribers of and reads the epoch;
+  registration for each topic it has subscribers of (which re-routes the
+  pending ``one`` messages of nodes found dead) and reads the epoch;
   a missing epoch (Redis lost its data) gets a new one, logged.
 - **Unavailable.** Any failed call makes the node unavailable: sends are
   refused at once, ``/healthz`` answers 503; the heartbeat retries with a
@@ -62,6 +67,8 @@ CLUSTER_POLL: Final = 0.005
 SUBSCRIBE_TIMEOUT: Final = 5.0
 #: Pub/sub messages handled before the hub is flushed.
 BURST: Final = 256
+#: Handed ``one`` messages whose confirmation may wait for Redis to return.
+MAX_UNCONFIRMED: Final = 100_000
 
 _BACKEND_UNAVAILABLE: Final = error_reply(Reason.BACKEND_UNAVAILABLE)
 #: What a Redis call may raise (a cluster client's own errors are not RedisError's).
@@ -99,6 +106,8 @@ class ClusterNode(Committer):
         self._confirmed: dict[bytes, anyio.Event] = {}
         # Set while the pub/sub connection is up (loads wait for it).
         self._connected = anyio.Event()
+        # Handed ``one`` messages per topic, to confirm (see _confirm).
+        self._unconfirmed: dict[str, list[int]] = {}
 
     # -- the hub's side ---------------------------------------------------------------
 
@@ -268,19 +277,54 @@ class ClusterNode(Committer):
             await self._work_ready.wait()
             self._work_ready = anyio.Event()
             while self._work:
-                work = self._work.popleft()
-                for topic in work.drops:
-                    await self._drop(topic)
-                for topic, take_ones in work.loads:
-                    await self._load(topic, take_ones)
-                for topic, ones in work.returns:
-                    try:
-                        await self._backend.requeue(topic, ones)
-                    except BackendError as exc:
-                        log.warning("%d one message(s) of %r lost: %s", len(ones), topic, exc)
+                works = list(self._work)
+                self._work.clear()
+                # Every burst's handed ``one``s first, one call per topic:
+                # a drop below must not re-route what was delivered.
+                for work in works:
+                    for topic, indices in work.confirms:
+                        self._unconfirmed.setdefault(topic, []).extend(indices)
+                await self._confirm()
+                for work in works:
+                    # Returns before drops: leaving a topic re-routes whatever
+                    # is still pending here, returned or not.
+                    for topic, ones in work.returns:
+                        try:
+                            await self._backend.requeue(topic, ones)
+                        except BackendError as exc:
+                            log.warning(
+                                "%d one message(s) of %r stay pending here: %s",
+                                len(ones),
+                                topic,
+                                exc,
+                            )
+                    for topic in work.drops:
+                        await self._drop(topic)
+                    for topic, take_ones in work.loads:
+                        await self._load(topic, take_ones)
                 self._flush()
                 self._submit_work()
                 self._rooms()
+
+    async def _confirm(self) -> None:
+        """Tell Redis which ``one``s were handed out; kept for a retry if it fails.
+
+        At most :data:`MAX_UNCONFIRMED` indices wait: past that the oldest are
+        forgotten (they stay pending in Redis: delivered again if this node dies).
+        """
+        handed = self._unconfirmed
+        if not handed:
+            return
+        self._unconfirmed = {}
+        try:
+            await self._backend.confirm(handed)
+        except _BACKEND_ERRORS as exc:
+            self._unavailable(exc)
+            kept = 0
+            for topic, indices in handed.items():
+                if kept < MAX_UNCONFIRMED:
+                    self._unconfirmed[topic] = indices[-(MAX_UNCONFIRMED - kept) :]
+                    kept += len(self._unconfirmed[topic])
 
     async def _load(self, topic: str, take_ones: bool) -> None:
         channel = TopicKeys(topic).channel
@@ -340,6 +384,9 @@ class ClusterNode(Committer):
                 self.available = True
                 log.warning("backend available again")
                 self._broker.set_backend_available(True)
+                if self._unconfirmed:
+                    self._work.append(ClusterWork())  # the worker retries the confirms
+                    self._work_ready.set()
                 if self._pubsub is not None:
                     self._broker.resync()
                     self._submit_work()

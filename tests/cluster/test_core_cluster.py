@@ -116,20 +116,22 @@ def test_one_goes_to_one_local_target_or_back_to_the_node() -> None:
     assert broker.take_work().returns == [("t", [_entry(3, b"pn1", head)])]
 
 
-def test_ack_subscriptions_are_refused_and_patterns_get_live_deliveries() -> None:
+def test_ack_is_offered_and_patterns_get_live_deliveries() -> None:
     broker = _broker()
     cid = broker.open_connection()
     pattern = broker.open_connection()
     broker.receive_data(cid, line({"command": "hello"}))
     [hello] = parse(broker.take_output().writes[cid])
-    # Not offered in hello either, where a single broker offers it.
-    assert "ack" not in hello["features"]
+    # Offered as a single broker offers it (tests/cluster/test_cluster_acks.py).
     single = Broker(epoch="e")
     alone = single.open_connection()
     single.receive_data(alone, line({"command": "hello"}))
-    assert "ack" in parse(single.take_output().writes[alone])[0]["features"]
-    broker.receive_data(cid, line(sub("t", ack=True)))
-    assert parse(broker.take_output().writes[cid]) == [fail("Not supported in cluster mode")]
+    assert hello["features"] == parse(single.take_output().writes[alone])[0]["features"]
+    assert "ack" in hello["features"]
+    broker.receive_data(cid, line(sub("t.*", ack=True)))
+    assert parse(broker.take_output().writes[cid]) == [
+        fail("An acknowledging subscription needs an exact topic")
+    ]
     broker.receive_data(pattern, line(sub("t.*")))
     broker.receive_data(cid, line(sub("t.a")))
     _load(broker, "t.a")
