@@ -33,9 +33,9 @@ and feeds the answers back. Rules:
   (:attr:`ClusterWork.returns`) to be picked again. The first load of a
   topic takes its cached ``one`` messages (consumed once cluster-wide) for
   the subscribe that asked for the cache.
-- **Patterns** get live deliveries of the topics this node mirrors (those
-  with a local exact subscriber), and no replay: the backend is not searched
-  by pattern. Acknowledged delivery is refused (``Not supported in cluster mode``).
+- **Patterns** see every matching topic of the cluster, with replay, as on
+  one node: see :mod:`mqcore._cluster_patterns`. Acknowledged delivery is
+  refused (``Not supported in cluster mode``).
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ from typing import Any, Final
 
 from ._broker import Broker, Output
 from ._cluster_batch import TopicBatch
+from ._cluster_patterns import PatternMirrors
 from ._commands import _SPLICE_QUOTES
 from ._connection import Connection, ConnectionId
 from ._protocol import (
@@ -82,15 +83,17 @@ class ClusterWork:
 
     ``loads``: topics whose mirror to load (topic, whether to take its cached
     ``one`` messages); ``drops``: topics with no local subscriber any more;
-    ``returns``: ``one`` messages this node could not deliver (topic, messages).
+    ``returns``: ``one`` messages this node could not deliver (topic, messages);
+    ``scans``: patterns to read the backend's topic registry for.
     """
 
     loads: list[tuple[str, bool]] = field(default_factory=list)
     drops: list[str] = field(default_factory=list)
     returns: list[tuple[str, list[Delivered]]] = field(default_factory=list)
+    scans: list[str] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.loads or self.drops or self.returns)
+        return bool(self.loads or self.drops or self.returns or self.scans)
 
 
 class _Mirror:
@@ -129,6 +132,8 @@ class ClusterBroker(Broker):
         self._batches: dict[str, TopicBatch] = {}
         self._work = ClusterWork()
         self._backend_available = True
+        #: The pattern subscriptions' mirrors (the node feeds it the registry).
+        self.pattern_mirrors = PatternMirrors(self)
 
     # -- the node's side ------------------------------------------------------------
 
@@ -179,11 +184,8 @@ class ClusterBroker(Broker):
         self.resync()
 
     def mirrored(self) -> dict[str, int]:
-        """Each mirrored topic and its number of local exact subscribers (for the heartbeat)."""
-        topics = self._topics
-        return {
-            name: len(topics[name].subscribers) if name in topics else 0 for name in self._mirrors
-        }
+        """Each mirrored topic and its number of local subscribers (for the heartbeat)."""
+        return {name: self.pattern_mirrors.target_count(name) for name in self._mirrors}
 
     def resync(self) -> None:
         """Reload every mirror (after a reconnect to the backend): gaps are filled then."""
@@ -191,6 +193,7 @@ class ClusterBroker(Broker):
             if not mirror.loading:
                 mirror.loading = True
                 self._work.loads.append((name, False))
+        self.pattern_mirrors.rescan()
 
     def deliver(self, name: str, first: int, next_index: int, entries: list[Delivered]) -> None:
         """Messages of topic ``name`` from the backend, covering indices ``[first, next_index)``.
@@ -239,6 +242,7 @@ class ClusterBroker(Broker):
         waiting, mirror.waiting = mirror.waiting, []
         for conn, _ in waiting:
             self._fail(conn, _BACKEND_UNAVAILABLE)
+        self.pattern_mirrors.load_failed(name)
         self._settle(name, mirror, [])
         for conn, _ in waiting:
             self._resume(conn)
@@ -283,7 +287,7 @@ class ClusterBroker(Broker):
             self._fail(conn, _NOT_IN_CLUSTER)
             return
         if is_pattern(name):
-            self._subscribe_pattern(conn, command)
+            self.pattern_mirrors.subscribe(conn, command)
             return
         mirror = self._mirrors.get(name)
         if mirror is not None and not mirror.loading:
@@ -296,10 +300,14 @@ class ClusterBroker(Broker):
             if not self._backend_available:
                 self._fail(conn, _BACKEND_UNAVAILABLE)
                 return
-            mirror = self._mirrors[name] = _Mirror(self.cache_size)
-            self._work.loads.append((name, command.cache))
+            mirror = self._new_mirror(name, command.cache)
         mirror.waiting.append((conn, command))
         self._held[conn.id] = []
+
+    def _new_mirror(self, name: str, take_ones: bool) -> _Mirror:
+        mirror = self._mirrors[name] = _Mirror(self.cache_size)
+        self._work.loads.append((name, take_ones))
+        return mirror
 
     def _subscribe_ack(self, conn: Connection, command: Subscribe) -> None:
         self._fail(conn, _NOT_IN_CLUSTER)
@@ -352,7 +360,7 @@ class ClusterBroker(Broker):
             if not conn.closing and self._join_mirror(conn, command, mirror, ones):
                 ones = []
             joined.append(conn)
-        self._return(name, ones)
+        self._return(name, self.pattern_mirrors.loaded(name, ones))
         pending, mirror.pending = mirror.pending, []
         for first, next_index, entries in pending:
             self.deliver(name, first, next_index, entries)
@@ -368,12 +376,12 @@ class ClusterBroker(Broker):
     def _left(self, names: list[str]) -> None:
         """Drop the mirrors of ``names`` that lost their last local subscriber."""
         topics = self._topics
-        for name in names:
+        for name in [*names, *self.pattern_mirrors.released()]:
             mirror = self._mirrors.get(name)
             if mirror is None or mirror.loading:
                 continue
             topic = topics.get(name)
-            if topic is None or not topic.subscribers:
+            if (topic is None or not topic.subscribers) and not self.pattern_mirrors.keeps(name):
                 del self._mirrors[name]
                 self._work.drops.append(name)
 
@@ -385,6 +393,8 @@ class ClusterBroker(Broker):
         if topic is not None:
             patterns = self._table.patterns
             targets = patterns.targets(topic) if patterns.count else topic.subscribers
+        elif self._table.patterns.count:
+            targets = self.pattern_mirrors.targets(name)
         expected = mirror.next
         dirty = self._dirty
         cache = mirror.cache
@@ -414,6 +424,8 @@ class ClusterBroker(Broker):
         self._return(name, unsent)
 
     def _pick_target(self, topic: Any, n: int) -> int:
+        if topic is None and self._choose is None:
+            return 0  # a pattern subscriber's topic: no round-robin state here
         return self._pick(topic, n)
 
     def _return_mine(self, name: str, entries: list[Delivered]) -> None:

@@ -17,6 +17,9 @@ committer. Theory of operation:
 - **Work.** Mirror loads (after the channel is subscribed: then the load's
   snapshot and the live batches overlap, and the core drops the overlap),
   drops and returned ``one`` messages run in order in a worker task.
+- **Patterns.** New topics are registered and announced (see
+  :mod:`._registry`); the listener feeds announcements to the core, the
+  worker reads the registry for each pattern subscribe.
 - **Heartbeat.** Every :data:`HEARTBEAT` seconds the node renews its
   registration for each topic it has subscribers of and reads the epoch;
   a missing epoch (Redis lost its data) gets a new one, logged.
@@ -43,6 +46,7 @@ from mqcore._cluster import ClusterBroker, ClusterWork, TopicBatch
 from .._commit import Committer
 from ._backend import CALL_TIMEOUT, Backend, BackendError
 from ._keys import TopicKeys, parse_batch
+from ._registry import ANNOUNCE, TopicRegistry
 
 __all__ = ["HEARTBEAT", "ClusterNode"]
 
@@ -99,6 +103,7 @@ class ClusterNode(Committer):
         self._confirmed: dict[bytes, anyio.Event] = {}
         # Set while the pub/sub connection is up (loads wait for it).
         self._connected = anyio.Event()
+        self.registry = TopicRegistry(backend, broker.max_topics)
 
     # -- the hub's side ---------------------------------------------------------------
 
@@ -136,6 +141,7 @@ class ClusterNode(Committer):
             tg.start_soon(self._listener)
             tg.start_soon(self._worker)
             tg.start_soon(self._heartbeat)
+            tg.start_soon(self.registry.run)
 
     # -- publishing -------------------------------------------------------------------
 
@@ -177,6 +183,8 @@ class ClusterNode(Committer):
                 for batch, output in zip(batches, owners[topic], strict=True):
                     for cid, position in batch.slots:
                         output.writes[cid][position] = _BACKEND_UNAVAILABLE
+        # First index 0: these topics are new to the cluster (registered for patterns).
+        self.registry.created(t for t, result in zip(groups, results, strict=False) if result == 0)
 
     def _unavailable(self, exc: BaseException) -> None:
         if self.available:
@@ -208,11 +216,8 @@ class ClusterNode(Committer):
         receive = pubsub.get_sharded_message if self._backend.cluster else pubsub.get_message
         wait = CLUSTER_POLL if self._backend.cluster else HEARTBEAT
         try:
-            channels = list(self._channels)
-            if channels:
-                await pubsub.ssubscribe(*channels)
-            else:
-                await pubsub.ssubscribe(b"mq:{~}:node")  # a connection to read from
+            # The announcements of new topics, and a connection to read from.
+            await pubsub.ssubscribe(*self._channels, ANNOUNCE)
             self._pubsub = pubsub
             self._connected.set()
             self._broker.resync()
@@ -231,6 +236,10 @@ class ClusterNode(Committer):
                         if topic is not None:
                             first, after, entries = parse_batch(message["data"])
                             broker.deliver(topic, first, after, entries)
+                            handled += 1
+                        elif message["channel"] == ANNOUNCE:
+                            name = bytes(message["data"]).decode("utf-8", "surrogatepass")
+                            broker.pattern_mirrors.topic_created(name)
                             handled += 1
                     elif kind == "ssubscribe":
                         event = self._confirmed.pop(message["channel"], None)
@@ -271,6 +280,8 @@ class ClusterNode(Committer):
                 work = self._work.popleft()
                 for topic in work.drops:
                     await self._drop(topic)
+                for pattern in work.scans:
+                    await self._scan(pattern)
                 for topic, take_ones in work.loads:
                     await self._load(topic, take_ones)
                 for topic, ones in work.returns:
@@ -296,13 +307,27 @@ class ClusterNode(Committer):
                 with anyio.fail_after(SUBSCRIBE_TIMEOUT):
                     await pubsub.ssubscribe(channel)
                     await confirmed.wait()
-            count = self._broker.mirrored().get(topic, 0)
+            count = self._broker.pattern_mirrors.target_count(topic)
             next_index, items, ones = await self._backend.load(topic, count, take_ones)
         except _BACKEND_ERRORS as exc:
             self._unavailable(exc)
             self._broker.load_failed(topic)
             return
         self._broker.loaded(topic, next_index, items, ones)
+
+    async def _scan(self, pattern: str) -> None:
+        """Read the topic registry for a pattern subscribe (announcements heard first)."""
+        try:
+            with anyio.move_on_after(CALL_TIMEOUT):
+                await self._connected.wait()
+            if self._pubsub is None:
+                raise BackendError("not connected")
+            names = await self.registry.names()
+        except _BACKEND_ERRORS as exc:
+            self._unavailable(exc)
+            self._broker.pattern_mirrors.scan_failed(pattern)
+            return
+        self._broker.pattern_mirrors.scanned(pattern, names)
 
     async def _drop(self, topic: str) -> None:
         if topic in self._broker.mirrored():

@@ -131,6 +131,10 @@ def test_ack_subscriptions_are_refused_and_patterns_get_live_deliveries() -> Non
     broker.receive_data(cid, line(sub("t", ack=True)))
     assert parse(broker.take_output().writes[cid]) == [fail("Not supported in cluster mode")]
     broker.receive_data(pattern, line(sub("t.*")))
+    # A pattern subscribe reads the backend's topic registry first (none yet).
+    assert broker.take_work().scans == ["t.*"]
+    broker.pattern_mirrors.scanned("t.*", [])
+    assert parse(broker.take_output().writes[pattern]) == [OK]
     broker.receive_data(cid, line(sub("t.a")))
     _load(broker, "t.a")
     broker.take_output()
