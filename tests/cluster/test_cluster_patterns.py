@@ -7,13 +7,15 @@ bounds and garbage.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
 from mqcore import Broker, ConnectionId
 from mqcore._cluster import ClusterBroker, Delivered
 from mqcore_tcp.testing import running
-from mqcore_tcp.testing_redis import RedisServer
+from mqcore_tcp.testing_redis import RedisCluster, RedisServer
+from mqcore_tcp.testing_redis_probe import RedisError
 
 from ..wire import OK, delivered, fail, line, lines, parse, send, sub, unsub
 from .support import Peer, nodes
@@ -285,3 +287,31 @@ def test_garbage_patterns_get_errors_and_the_node_serves_on(redis_server: RedisS
         assert all(r["success"] is False for r in replies)
         peer.send(lines(sub("ok.*"), send("ok.1", "m")))
         assert peer.lines(3) == [OK, OK, delivered("ok.1", "m", 0)]
+
+
+def test_patterns_on_a_redis_cluster(redis_cluster: RedisCluster) -> None:
+    # The registry is one key on one shard; the topics are spread over the others.
+    redis_cluster.flush()
+    before, after = ["s.alpha", "s.beta", "s.gamma"], ["s.delta", "s.w{x}y", "s.}odd{"]
+    with nodes(redis_cluster.url, 2) as (a, b):
+        sender = Peer(a.port)
+        sender.send(lines(*(send(t, "old") for t in before)))
+        assert sender.lines(3) == [OK] * 3
+        _until(lambda: _registry_size(redis_cluster) == 3, "the registry written")
+        watcher = Peer(b.port)
+        watcher.send(line(sub("s.*")))
+        assert watcher.lines(4) == [OK] + [delivered(t, "old", 0) for t in sorted(before)]
+        sender.send(lines(*(send(t, "new") for t in after + before)))
+        assert sender.lines(6) == [OK] * 6
+        got = _by_topic(watcher.lines(6))
+        assert got == {**{t: [0] for t in after}, **{t: [1] for t in before}}
+
+
+def _registry_size(cluster: RedisCluster) -> int:
+    """SCARD of the registry, asked of the shard that holds it (the others answer MOVED)."""
+    for node in cluster.nodes:
+        with contextlib.suppress(RedisError):
+            size = node.command("SCARD", "mq:{~}:topics")
+            assert isinstance(size, int)
+            return size
+    raise AssertionError("no shard holds the registry's slot")
