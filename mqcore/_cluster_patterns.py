@@ -120,7 +120,7 @@ class PatternMirrors:
             broker._fail(conn, _PATTERN_EMPTY_TOKEN if empty else _PATTERN_MULTI_NOT_LAST)
         elif command.last_seen != -1:
             broker._fail(conn, _PATTERN_LAST_SEEN)
-        elif broker._table.patterns.count >= broker._table.patterns.max_patterns:
+        elif self._over_bound(conn, pattern):
             broker._fail(conn, _TOO_MANY_PATTERNS)
         elif not broker._backend_available:
             broker._fail(conn, _BACKEND_UNAVAILABLE)
@@ -253,6 +253,13 @@ class PatternMirrors:
         self._announced.add(name)
 
     # -- helpers ------------------------------------------------------------------------
+
+    def _over_bound(self, conn: Connection, pattern: str) -> bool:
+        """Whether ``conn`` subscribing to ``pattern`` passes the bound (again is no more)."""
+        patterns = self._broker._table.patterns
+        if pattern in patterns.by_connection.get(conn, ()):
+            return False
+        return patterns.count >= patterns.max_patterns
 
     def _is_topic(self, name: str) -> bool:
         return bool(name) and not is_pattern(name) and not self._broker._table.name_too_long(name)

@@ -315,3 +315,17 @@ def _registry_size(cluster: RedisCluster) -> int:
             assert isinstance(size, int)
             return size
     raise AssertionError("no shard holds the registry's slot")
+
+
+def test_pattern_subscriptions_are_bounded_and_a_repeat_replays_again() -> None:
+    broker = _broker(max_topics=1)
+    cid = broker.open_connection()
+    caches: dict[str, Any] = {"o.a": ([_item("o.a", 0)], [])}
+    broker.receive_data(cid, line(sub("o.*")))
+    _scan_and_load(broker, "o.*", ["o.a"], caches)
+    # Again: as on one node, the reply and the replay again (not a new subscription).
+    broker.receive_data(cid, lines(sub("o.*"), sub("p.*")))
+    _scan_and_load(broker, "o.*", ["o.a"], caches)
+    got = parse(broker.take_output().writes[cid])
+    assert [m.get("index") for m in got] == [None, 0, None, 0, None]
+    assert got[-1] == fail("Too many pattern subscriptions")
