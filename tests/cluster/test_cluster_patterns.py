@@ -295,6 +295,8 @@ def test_patterns_on_a_redis_cluster(redis_cluster: RedisCluster) -> None:
     before, after = ["s.alpha", "s.beta", "s.gamma"], ["s.delta", "s.w{x}y", "s.}odd{"]
     with nodes(redis_cluster.url, 2) as (a, b):
         sender = Peer(a.port)
+        # Sent at once after the start: the node must know it is on a Redis
+        # Cluster before its first publish (it used to refuse these: MOVED).
         sender.send(lines(*(send(t, "old") for t in before)))
         assert sender.lines(3) == [OK] * 3
         _until(lambda: _registry_size(redis_cluster) == 3, "the registry written")
