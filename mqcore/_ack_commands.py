@@ -27,6 +27,11 @@ __all__ = ["AckCommands"]
 _ENCODER: Final = msgspec.json.Encoder()
 
 
+def prefetch_of(command: Subscribe) -> int:
+    """The prefetch an acknowledging ``subscribe`` asks for (the default if none)."""
+    return DEFAULT_PREFETCH if command.prefetch is msgspec.UNSET else command.prefetch
+
+
 class AckCommands:
     """Acknowledged delivery's commands; :class:`~mqcore.Broker` sets the state up."""
 
@@ -72,19 +77,24 @@ class AckCommands:
 
     # -- the commands ---------------------------------------------------------------------
 
+    def _ack_refusal(self, command: Subscribe) -> bytes | None:
+        """The reply refusing the acknowledging subscribe ``command`` as such, or None."""
+        if not 0 <= prefetch_of(command) <= MAX_PREFETCH:
+            return REFUSED[Reason.BAD_PREFETCH]
+        if is_pattern(command.topic):
+            return REFUSED[Reason.ACK_PATTERN]
+        if self._table.name_too_long(command.topic + DEAD_SUFFIX):
+            # Its dead letters would have nowhere to go.
+            return REFUSED[Reason.TOPIC_TOO_LONG]
+        return None
+
     def _subscribe_ack(self, conn: Connection, command: Subscribe) -> None:
         name = command.topic
-        prefetch = DEFAULT_PREFETCH if command.prefetch is msgspec.UNSET else command.prefetch
-        if not 0 <= prefetch <= MAX_PREFETCH:
-            self._fail(conn, REFUSED[Reason.BAD_PREFETCH])
+        refusal = self._ack_refusal(command)
+        if refusal is not None:
+            self._fail(conn, refusal)
             return
-        if is_pattern(name):
-            self._fail(conn, REFUSED[Reason.ACK_PATTERN])
-            return
-        if self._table.name_too_long(name + DEAD_SUFFIX):
-            # Its dead letters would have nowhere to go.
-            self._fail(conn, REFUSED[Reason.TOPIC_TOO_LONG])
-            return
+        prefetch = prefetch_of(command)
         topic = self._join(conn, name)
         if topic is None:
             return

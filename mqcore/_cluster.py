@@ -34,21 +34,19 @@ and feeds the answers back. Rules:
   none left it goes back (:attr:`ClusterWork.returns`) to be picked again.
   The first load of a topic takes its cached ``one`` messages (consumed once
   cluster-wide) for the subscribe that asked for the cache.
-- **Patterns** get live deliveries of the topics this node mirrors (those
-  with a local exact subscriber), and no replay: the backend is not searched
-  by pattern.
+- **Patterns** see every matching topic of the cluster, with replay, as on
+  one node: see :mod:`mqcore._cluster_patterns`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections import deque
-from dataclasses import dataclass, field
 from typing import Any, Final
 
 from ._broker import Output
-from ._cluster_acks import ClusterAcks, ClusterWorkQueues, ack_refusal
-from ._cluster_batch import TopicBatch
+from ._cluster_acks import ClusterAcks, ClusterWorkQueues
+from ._cluster_batch import ClusterWork, Delivered, Mirror, TopicBatch
+from ._cluster_patterns import PatternMirrors
 from ._commands import _SPLICE_QUOTES
 from ._connection import Connection, ConnectionId
 from ._protocol import (
@@ -71,46 +69,6 @@ _SEND_TO_PATTERN: Final = error_reply(Reason.SEND_TO_PATTERN)
 _ALL: Final = b"a"
 _CACHED: Final = b"c"
 
-#: One delivered message: its index, its kind (``a``, ``c``, or ``o``/``p``
-#: followed by the node id it is for) and its wire bytes.
-Delivered = tuple[int, bytes, bytes]
-
-
-@dataclass(slots=True)
-class ClusterWork:
-    """Backend calls the core asks of the node (see :meth:`ClusterBroker.take_work`).
-
-    ``loads``: topics whose mirror to load (topic, whether to take its cached
-    ``one`` messages); ``drops``: topics with no local subscriber any more;
-    ``returns``: ``one`` messages this node could not deliver (topic, messages);
-    ``confirms``: indices of ``one`` messages handed to a local subscriber
-    (topic, indices): no longer pending for this node in the backend.
-    """
-
-    loads: list[tuple[str, bool]] = field(default_factory=list)
-    drops: list[str] = field(default_factory=list)
-    returns: list[tuple[str, list[Delivered]]] = field(default_factory=list)
-    confirms: list[tuple[str, list[int]]] = field(default_factory=list)
-
-    def __bool__(self) -> bool:
-        return bool(self.loads or self.drops or self.returns or self.confirms)
-
-
-class _Mirror:
-    """This node's view of one topic in the backend."""
-
-    __slots__ = ("cache", "loading", "next", "pending", "waiting")
-
-    def __init__(self, cache_size: int) -> None:
-        #: The expected index of the next delivery (-1: never loaded).
-        self.next = -1
-        self.cache: deque[tuple[int, bytes]] = deque(maxlen=cache_size)
-        self.loading = True
-        # Batches that came while loading, and the subscribes waiting for it.
-        self.pending: list[tuple[int, int, list[Delivered]]] = []
-        self.waiting: list[tuple[Connection, Subscribe]] = []
-
-
 class ClusterBroker(ClusterAcks):
     """A broker whose indices, caches and cross-node deliveries are the backend's.
 
@@ -119,9 +77,10 @@ class ClusterBroker(ClusterAcks):
 
     # Set by for_node() (and, for ClusterAcks, declared there).
     node_id: str
-    _mirrors: dict[str, _Mirror]
+    _mirrors: dict[str, Mirror]
     _batches: dict[str, TopicBatch]
     _backend_available: bool
+    pattern_mirrors: PatternMirrors
 
     @classmethod
     def for_node(cls, node_id: str, **options: Any) -> ClusterBroker:
@@ -141,6 +100,8 @@ class ClusterBroker(ClusterAcks):
         broker._work = ClusterWork()
         broker._backend_available = True
         broker._acks = broker._jobs = ClusterWorkQueues(broker._acks, broker._job_done)
+        #: The pattern subscriptions' mirrors (the node feeds it the registry).
+        broker.pattern_mirrors = PatternMirrors(broker)
         return broker
 
     # -- the node's side ------------------------------------------------------------
@@ -192,11 +153,8 @@ class ClusterBroker(ClusterAcks):
         self.resync()
 
     def mirrored(self) -> dict[str, int]:
-        """Each mirrored topic and its number of local exact subscribers (for the heartbeat)."""
-        topics = self._topics
-        return {
-            name: len(topics[name].subscribers) if name in topics else 0 for name in self._mirrors
-        }
+        """Each mirrored topic and its number of local subscribers (for the heartbeat)."""
+        return {name: self.pattern_mirrors.target_count(name) for name in self._mirrors}
 
     def resync(self) -> None:
         """Reload every mirror (after a reconnect to the backend): gaps are filled then."""
@@ -204,6 +162,7 @@ class ClusterBroker(ClusterAcks):
             if not mirror.loading:
                 mirror.loading = True
                 self._work.loads.append((name, False))
+        self.pattern_mirrors.rescan()
 
     def deliver(self, name: str, first: int, next_index: int, entries: list[Delivered]) -> None:
         """Messages of topic ``name`` from the backend, covering indices ``[first, next_index)``.
@@ -252,6 +211,7 @@ class ClusterBroker(ClusterAcks):
         waiting, mirror.waiting = mirror.waiting, []
         for conn, _ in waiting:
             self._fail(conn, _BACKEND_UNAVAILABLE)
+        self.pattern_mirrors.load_failed(name)
         self._settle(name, mirror, [])
         for conn, _ in waiting:
             self._resume(conn)
@@ -294,12 +254,12 @@ class ClusterBroker(ClusterAcks):
     def _subscribe(self, conn: Connection, command: Subscribe) -> None:
         name = command.topic
         if command.ack is True:
-            refusal = ack_refusal(self._table, command)
+            refusal = self._ack_refusal(command)
             if refusal is not None:
                 self._fail(conn, refusal)
                 return
         elif is_pattern(name):
-            self._subscribe_pattern(conn, command)
+            self.pattern_mirrors.subscribe(conn, command)
             return
         mirror = self._mirrors.get(name)
         if mirror is not None and not mirror.loading:
@@ -312,10 +272,14 @@ class ClusterBroker(ClusterAcks):
             if not self._backend_available:
                 self._fail(conn, _BACKEND_UNAVAILABLE)
                 return
-            mirror = self._mirrors[name] = _Mirror(self.cache_size)
-            self._work.loads.append((name, command.cache or command.ack is True))
+            mirror = self._new_mirror(name, command.cache or command.ack is True)
         mirror.waiting.append((conn, command))
         self._held[conn.id] = []
+
+    def _new_mirror(self, name: str, take_ones: bool) -> Mirror:
+        mirror = self._mirrors[name] = Mirror(self.cache_size)
+        self._work.loads.append((name, take_ones))
+        return mirror
 
     def _unsubscribe(self, conn: Connection, command: Unsubscribe) -> None:
         super()._unsubscribe(conn, command)
@@ -336,7 +300,7 @@ class ClusterBroker(ClusterAcks):
     # -- helpers ------------------------------------------------------------------------
 
     def _join_mirror(
-        self, conn: Connection, command: Subscribe, mirror: _Mirror, ones: list[Delivered]
+        self, conn: Connection, command: Subscribe, mirror: Mirror, ones: list[Delivered]
     ) -> bool:
         """Subscribe ``conn`` now: reply, replay the mirror (and ``ones``); True if it took them."""
         topic = self._topics.get(command.topic) or self._create(conn, command.topic)
@@ -359,7 +323,7 @@ class ClusterBroker(ClusterAcks):
         self._work.confirms.append((topic.name, [index for index, _, _ in ones]))
         return True
 
-    def _settle(self, name: str, mirror: _Mirror, ones: list[Delivered]) -> None:
+    def _settle(self, name: str, mirror: Mirror, ones: list[Delivered]) -> None:
         """A load ended: subscribe the waiting, deliver what came meanwhile, resume."""
         mirror.loading = False
         waiting, mirror.waiting = mirror.waiting, []
@@ -370,7 +334,7 @@ class ClusterBroker(ClusterAcks):
             if not conn.closing and self._join_mirror(conn, command, mirror, ones):
                 ones = []
             joined.append(conn)
-        self._return(name, ones)
+        self._return(name, self.pattern_mirrors.loaded(name, ones))
         pending, mirror.pending = mirror.pending, []
         for first, next_index, entries in pending:
             self.deliver(name, first, next_index, entries)
@@ -386,24 +350,26 @@ class ClusterBroker(ClusterAcks):
     def _left(self, names: list[str]) -> None:
         """Drop the mirrors of ``names`` that lost their last local subscriber."""
         topics = self._topics
-        for name in names:
+        for name in [*names, *self.pattern_mirrors.released()]:
             self._return_jobs(name)
             mirror = self._mirrors.get(name)
             if mirror is None or mirror.loading:
                 continue
             topic = topics.get(name)
-            if topic is None or not topic.subscribers:
+            if (topic is None or not topic.subscribers) and not self.pattern_mirrors.keeps(name):
                 del self._mirrors[name]
                 self._work.drops.append(name)
 
     def _deliver(
-        self, name: str, mirror: _Mirror, next_index: int, entries: list[Delivered]
+        self, name: str, mirror: Mirror, next_index: int, entries: list[Delivered]
     ) -> None:
         topic = self._topics.get(name)
         targets: list[Connection] = []
         if topic is not None:
             patterns = self._table.patterns
             targets = patterns.targets(topic) if patterns.count else topic.subscribers
+        elif self._table.patterns.count:
+            targets = self.pattern_mirrors.targets(name)
         expected = mirror.next
         dirty = self._dirty
         cache = mirror.cache
@@ -446,6 +412,8 @@ class ClusterBroker(ClusterAcks):
             self._work.confirms.append((name, handed))
 
     def _pick_target(self, topic: Any, n: int) -> int:
+        if topic is None and self._choose is None:
+            return 0  # a pattern subscriber's topic: no round-robin state here
         return self._pick(topic, n)
 
     def _return_mine(self, name: str, entries: list[Delivered]) -> None:

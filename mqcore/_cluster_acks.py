@@ -28,42 +28,18 @@ with the backend holding what must survive a node:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING
 
-import msgspec
-
-from ._acks import DEAD_SUFFIX, DEFAULT_PREFETCH, MAX_PREFETCH, Job, WorkQueue, WorkQueues
+from ._ack_commands import prefetch_of
+from ._acks import Job, WorkQueue, WorkQueues
 from ._broker import Broker
 from ._connection import Connection
-from ._protocol import Reason, Subscribe, error_reply
-from ._subjects import is_pattern
-from ._topics import TopicTable
+from ._protocol import Subscribe
 
 if TYPE_CHECKING:
-    from ._cluster import ClusterWork, Delivered
+    from ._cluster_batch import ClusterWork, Delivered
 
-__all__ = ["ClusterAcks", "ClusterWorkQueues", "ack_refusal"]
-
-_BAD_PREFETCH: Final = error_reply(Reason.BAD_PREFETCH)
-_ACK_PATTERN: Final = error_reply(Reason.ACK_PATTERN)
-_TOPIC_TOO_LONG: Final = error_reply(Reason.TOPIC_TOO_LONG)
-
-
-def ack_refusal(table: TopicTable, command: Subscribe) -> bytes | None:
-    """The reply refusing an acknowledging ``subscribe``, or None (single-node's checks)."""
-    prefetch = DEFAULT_PREFETCH if command.prefetch is msgspec.UNSET else command.prefetch
-    if not 0 <= prefetch <= MAX_PREFETCH:
-        return _BAD_PREFETCH
-    if is_pattern(command.topic):
-        return _ACK_PATTERN
-    if table.name_too_long(command.topic + DEAD_SUFFIX):
-        return _TOPIC_TOO_LONG  # its dead letters would have nowhere to go
-    return None
-
-
-def prefetch_of(command: Subscribe) -> int:
-    return DEFAULT_PREFETCH if command.prefetch is msgspec.UNSET else command.prefetch
-
+__all__ = ["ClusterAcks", "ClusterWorkQueues"]
 
 class ClusterWorkQueues(WorkQueues):
     """:class:`WorkQueues` that report each job done, and give back a queue's ready jobs."""

@@ -133,21 +133,26 @@ class Commands(AckCommands):
         if command.cache and topic.cache:
             self._replay(conn, topic, command.last_seen)
 
+    def _pattern_refusal(self, command: Subscribe) -> bytes | None:
+        """The reply refusing a subscribe to the pattern ``command.topic`` as such, or None."""
+        pattern = command.topic
+        if self._table.name_too_long(pattern):
+            return REFUSED[Reason.TOPIC_TOO_LONG]
+        problem = pattern_problem(pattern)
+        if problem is not None:
+            empty = problem is EMPTY_TOKEN
+            return REFUSED[Reason.PATTERN_EMPTY_TOKEN if empty else Reason.PATTERN_MULTI_NOT_LAST]
+        if command.last_seen != -1:
+            return REFUSED[Reason.PATTERN_LAST_SEEN]
+        return None
+
     def _subscribe_pattern(self, conn: Connection, command: Subscribe) -> None:
         """Subscribe ``conn`` to a pattern; replay every matching topic's cache."""
         pattern = command.topic
         table = self._table
-        if table.name_too_long(pattern):
-            self._fail(conn, REFUSED[Reason.TOPIC_TOO_LONG])
-            return
-        problem = pattern_problem(pattern)
-        if problem is not None:
-            empty = problem is EMPTY_TOKEN
-            reason = Reason.PATTERN_EMPTY_TOKEN if empty else Reason.PATTERN_MULTI_NOT_LAST
-            self._fail(conn, REFUSED[reason])
-            return
-        if command.last_seen != -1:
-            self._fail(conn, REFUSED[Reason.PATTERN_LAST_SEEN])
+        refusal = self._pattern_refusal(command)
+        if refusal is not None:
+            self._fail(conn, refusal)
             return
         if not table.patterns.subscribe(conn, pattern):
             self._fail(conn, REFUSED[Reason.TOO_MANY_PATTERNS])

@@ -53,6 +53,8 @@ class Backend:
         )
         #: True against a Redis Cluster (found by :meth:`connect`).
         self.cluster = False
+        self._probed = False  # connect() asked what the URL names
+        self._probing = anyio.Lock()  # the writer and the listener may both ask first
         self._scripts()
         self._random = random.Random()
         self._keys: dict[str, TopicKeys] = {}
@@ -63,8 +65,11 @@ class Backend:
 
     async def connect(self) -> None:
         """Find whether the URL names a Redis Cluster; if so, talk to it as one."""
-        if self.cluster:
-            return
+        async with self._probing:
+            if not self._probed:
+                await self._probe()
+
+    async def _probe(self) -> None:
         info = await self._call(self.redis.info("cluster"))
         if int(info.get("cluster_enabled", 0)):
             old = self.redis
@@ -76,6 +81,7 @@ class Backend:
             self._scripts()
             with anyio.move_on_after(CALL_TIMEOUT):
                 await old.aclose()
+        self._probed = True
 
     async def _each(self, calls: list[Any]) -> list[Any]:
         """Run ``calls`` (one per topic, on their shards) at once: each result or exception."""
@@ -139,6 +145,10 @@ class Backend:
 
     async def publish(self, groups: dict[str, list[TopicBatch]]) -> list[Any]:
         """One script call per topic, all in one pipeline: each result or exception."""
+        if not self._probed:
+            # A first batch may come before the listener connected: on a Redis
+            # Cluster the first node's client would get MOVED for most topics.
+            await self.connect()
         calls: list[tuple[list[Any], list[Any]]] = []
         for topic, batches in groups.items():
             keys = self.keys(topic)

@@ -21,6 +21,9 @@ committer. Theory of operation:
   round are confirmed (one script call per topic): Redis holds every routed
   ``one`` as pending until then, and re-routes it if this node dies first
   (see :mod:`._scripts`).
+- **Patterns.** New topics are registered and announced (see
+  :mod:`._registry`); the listener feeds announcements to the core, the
+  worker reads the registry for each pattern subscribe.
 - **Heartbeat.** Every :data:`HEARTBEAT` seconds the node renews its
   registration for each topic it has subscribers of (which re-routes the
   pending ``one`` messages of nodes found dead) and reads the epoch;
@@ -48,6 +51,7 @@ from mqcore._cluster import ClusterBroker, ClusterWork, TopicBatch
 from .._commit import Committer
 from ._backend import CALL_TIMEOUT, Backend, BackendError
 from ._keys import TopicKeys, parse_batch
+from ._registry import ANNOUNCE, TopicRegistry
 
 __all__ = ["HEARTBEAT", "ClusterNode"]
 
@@ -108,6 +112,7 @@ class ClusterNode(Committer):
         self._connected = anyio.Event()
         # Handed ``one`` messages per topic, to confirm (see _confirm).
         self._unconfirmed: dict[str, list[int]] = {}
+        self.registry = TopicRegistry(backend, broker.max_topics)
 
     # -- the hub's side ---------------------------------------------------------------
 
@@ -145,6 +150,7 @@ class ClusterNode(Committer):
             tg.start_soon(self._listener)
             tg.start_soon(self._worker)
             tg.start_soon(self._heartbeat)
+            tg.start_soon(self.registry.run)
 
     # -- publishing -------------------------------------------------------------------
 
@@ -186,6 +192,8 @@ class ClusterNode(Committer):
                 for batch, output in zip(batches, owners[topic], strict=True):
                     for cid, position in batch.slots:
                         output.writes[cid][position] = _BACKEND_UNAVAILABLE
+        # First index 0: these topics are new to the cluster (registered for patterns).
+        self.registry.created(t for t, result in zip(groups, results, strict=False) if result == 0)
 
     def _unavailable(self, exc: BaseException) -> None:
         if self.available:
@@ -217,11 +225,8 @@ class ClusterNode(Committer):
         receive = pubsub.get_sharded_message if self._backend.cluster else pubsub.get_message
         wait = CLUSTER_POLL if self._backend.cluster else HEARTBEAT
         try:
-            channels = list(self._channels)
-            if channels:
-                await pubsub.ssubscribe(*channels)
-            else:
-                await pubsub.ssubscribe(b"mq:{~}:node")  # a connection to read from
+            # The announcements of new topics, and a connection to read from.
+            await pubsub.ssubscribe(*self._channels, ANNOUNCE)
             self._pubsub = pubsub
             self._connected.set()
             self._broker.resync()
@@ -240,6 +245,10 @@ class ClusterNode(Committer):
                         if topic is not None:
                             first, after, entries = parse_batch(message["data"])
                             broker.deliver(topic, first, after, entries)
+                            handled += 1
+                        elif message["channel"] == ANNOUNCE:
+                            name = bytes(message["data"]).decode("utf-8", "surrogatepass")
+                            broker.pattern_mirrors.topic_created(name)
                             handled += 1
                     elif kind == "ssubscribe":
                         event = self._confirmed.pop(message["channel"], None)
@@ -300,6 +309,8 @@ class ClusterNode(Committer):
                             )
                     for topic in work.drops:
                         await self._drop(topic)
+                    for pattern in work.scans:
+                        await self._scan(pattern)
                     for topic, take_ones in work.loads:
                         await self._load(topic, take_ones)
                 self._flush()
@@ -340,13 +351,27 @@ class ClusterNode(Committer):
                 with anyio.fail_after(SUBSCRIBE_TIMEOUT):
                     await pubsub.ssubscribe(channel)
                     await confirmed.wait()
-            count = self._broker.mirrored().get(topic, 0)
+            count = self._broker.pattern_mirrors.target_count(topic)
             next_index, items, ones = await self._backend.load(topic, count, take_ones)
         except _BACKEND_ERRORS as exc:
             self._unavailable(exc)
             self._broker.load_failed(topic)
             return
         self._broker.loaded(topic, next_index, items, ones)
+
+    async def _scan(self, pattern: str) -> None:
+        """Read the topic registry for a pattern subscribe (announcements heard first)."""
+        try:
+            with anyio.move_on_after(CALL_TIMEOUT):
+                await self._connected.wait()
+            if self._pubsub is None:
+                raise BackendError("not connected")
+            names = await self.registry.names()
+        except _BACKEND_ERRORS as exc:
+            self._unavailable(exc)
+            self._broker.pattern_mirrors.scan_failed(pattern)
+            return
+        self._broker.pattern_mirrors.scanned(pattern, names)
 
     async def _drop(self, topic: str) -> None:
         if topic in self._broker.mirrored():

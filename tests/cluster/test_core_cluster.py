@@ -133,6 +133,10 @@ def test_ack_is_offered_and_patterns_get_live_deliveries() -> None:
         fail("An acknowledging subscription needs an exact topic")
     ]
     broker.receive_data(pattern, line(sub("t.*")))
+    # A pattern subscribe reads the backend's topic registry first (none yet).
+    assert broker.take_work().scans == ["t.*"]
+    broker.pattern_mirrors.scanned("t.*", [])
+    assert parse(broker.take_output().writes[pattern]) == [OK]
     broker.receive_data(cid, line(sub("t.a")))
     _load(broker, "t.a")
     broker.take_output()
