@@ -37,12 +37,13 @@ from typing import Any, Final
 import anyio
 from redis.exceptions import RedisClusterException, RedisError
 
-from mqcore import ConnectionId, Output, Reason, Record, error_reply
-from mqcore._cluster import ClusterBroker, ClusterWork, TopicBatch
+from mqcore import ConnectionId, Output, Record
+from mqcore._cluster import ClusterBroker, ClusterWork
 
 from .._commit import Committer
 from ._backend import CALL_TIMEOUT, Backend, BackendError
 from ._keys import TopicKeys, parse_batch
+from ._pipeline import PublishPipeline, group, refuse
 
 __all__ = ["HEARTBEAT", "ClusterNode"]
 
@@ -63,7 +64,6 @@ SUBSCRIBE_TIMEOUT: Final = 5.0
 #: Pub/sub messages handled before the hub is flushed.
 BURST: Final = 256
 
-_BACKEND_UNAVAILABLE: Final = error_reply(Reason.BACKEND_UNAVAILABLE)
 #: What a Redis call may raise (a cluster client's own errors are not RedisError's).
 _BACKEND_ERRORS: Final = (BackendError, RedisError, RedisClusterException, OSError, TimeoutError)
 
@@ -140,43 +140,64 @@ class ClusterNode(Committer):
     # -- publishing -------------------------------------------------------------------
 
     async def _writer(self) -> None:
-        while True:
-            await self._nudge.wait()
-            self._nudge = anyio.Event()
-            batch, self._queue = self._queue, []
-            if not batch:
-                continue
-            self._in_flight = len(batch)
-            await self._publish(batch)
-            for output in batch:
-                self._release(output)
-            self._in_flight = 0
-            self._rooms()
-            if not self._queue:
-                self._idle.set()
+        # A standalone Redis gets every flight pipelined on one connection
+        # (see ._pipeline); a Redis Cluster one call per topic, on its
+        # shard, each flight answered before the next is sent.
+        pipeline = PublishPipeline(
+            self._backend.url, self._backend.cache_size, self._done, self._unavailable
+        )
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(pipeline.read_replies)
+                while True:
+                    await self._nudge.wait()
+                    self._nudge = anyio.Event()
+                    batch, self._queue = self._queue, []
+                    if not batch:
+                        continue
+                    self._in_flight += len(batch)
+                    if not self._backend.probed:
+                        try:
+                            await self._backend.connect()
+                        except _BACKEND_ERRORS as exc:
+                            self._unavailable(exc)
+                    if not self._backend.probed:  # which way to publish is not known yet
+                        for batches, owners in group(batch).values():
+                            refuse(batches, owners)
+                        self._done(batch)
+                    elif self._backend.cluster:
+                        await self._publish(batch)
+                        self._done(batch)
+                    else:
+                        await pipeline.send(batch)
+        finally:
+            await pipeline.aclose()
+
+    def _done(self, outputs: list[Output]) -> None:
+        """Release ``outputs`` (answered by Redis, or refused), in the order submitted."""
+        for output in outputs:
+            self._release(output)
+        self._in_flight -= len(outputs)
+        self._rooms()
+        if not self._queue and not self._in_flight:
+            self._idle.set()
 
     async def _publish(self, outputs: list[Output]) -> None:
-        groups: dict[str, list[TopicBatch]] = {}
-        owners: dict[str, list[Output]] = {}
-        for output in outputs:
-            for batch in output.publishes:
-                groups.setdefault(batch.topic, []).append(batch)
-                owners.setdefault(batch.topic, []).append(output)
-        if not groups:
+        """A Redis Cluster's way: each topic's call on its shard, all answered before the next."""
+        calls = group(outputs)
+        if not calls:
             return
         results: list[Any]
         try:
-            results = await self._backend.publish(groups)
+            results = await self._backend.publish(calls)
         except _BACKEND_ERRORS as exc:
             self._unavailable(exc)
-            results = [exc] * len(groups)
-        for (topic, batches), result in zip(groups.items(), results, strict=False):
+            results = [exc] * len(calls)
+        for (batches, owners), result in zip(calls.values(), results, strict=False):
             if isinstance(result, Exception):
                 if self.available:
                     self._unavailable(result)
-                for batch, output in zip(batches, owners[topic], strict=True):
-                    for cid, position in batch.slots:
-                        output.writes[cid][position] = _BACKEND_UNAVAILABLE
+                refuse(batches, owners)
 
     def _unavailable(self, exc: BaseException) -> None:
         if self.available:
