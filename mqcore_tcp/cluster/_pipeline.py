@@ -163,8 +163,9 @@ class PublishPipeline:
         return len(self._flights) >= MAX_FLIGHTS or self._bytes >= MAX_FLIGHT_BYTES
 
     @property
-    def idle(self) -> bool:
-        return not self._flights
+    def in_flight(self) -> int:
+        """Flights sent (or waiting behind those) and not yet released."""
+        return len(self._flights)
 
     async def send(self, outputs: list[Output]) -> None:
         """Send ``outputs``' script calls; they are released once answered (or refused)."""
@@ -331,4 +332,3 @@ class PublishPipeline:
         if conn is not None:
             with anyio.move_on_after(CALL_TIMEOUT, shield=True):
                 await conn.disconnect(nowait=True)
-
