@@ -44,6 +44,7 @@ from .._commit import Committer
 from ._backend import CALL_TIMEOUT, Backend, BackendError
 from ._keys import TopicKeys, parse_batch
 from ._pipeline import PublishPipeline, group, refuse
+from ._pubsub import RawPubSub
 
 __all__ = ["HEARTBEAT", "ClusterNode"]
 
@@ -223,12 +224,18 @@ class ClusterNode(Committer):
 
     async def _listen(self) -> None:
         await self._backend.connect()
-        pubsub = self._backend.redis.pubsub()
-        # A Redis Cluster's pub/sub polls each shard it subscribed on in turn,
-        # waiting up to the timeout on each: a short one there (see CLUSTER_POLL).
-        receive = pubsub.get_sharded_message if self._backend.cluster else pubsub.get_message
-        wait = CLUSTER_POLL if self._backend.cluster else HEARTBEAT
+        pubsub: Any
+        if self._backend.cluster:
+            pubsub = self._backend.redis.pubsub()
+            # A Redis Cluster's pub/sub polls each shard it subscribed on in turn,
+            # waiting up to the timeout on each: a short one there (see CLUSTER_POLL).
+            receive, wait = pubsub.get_sharded_message, CLUSTER_POLL
+        else:
+            pubsub = RawPubSub(self._backend.url)  # read straight from its connection
+            receive, wait = pubsub.get_message, HEARTBEAT
         try:
+            if not self._backend.cluster:
+                await pubsub.connect()
             channels = list(self._channels)
             if channels:
                 await pubsub.ssubscribe(*channels)
