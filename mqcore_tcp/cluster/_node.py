@@ -4,15 +4,20 @@ The hub hands every output to :meth:`ClusterNode.submit`, as it would to a
 committer. Theory of operation:
 
 - **Publishing.** An output with sends (``Output.publishes``) waits in a
-  queue; a writer task takes every queued output at once, sends all their
-  batches to Redis in ONE pipeline (one script call per topic, the topic's
-  messages in order), then releases the outputs in order. Outputs submitted
+  queue; a writer task takes every queued output at once (a *flight*: one
+  script call per topic, the topic's messages in order). To a standalone
+  Redis it is pipelined (:mod:`._pipeline`): sent at once on one connection
+  without waiting for earlier flights' replies, and released, in order, when
+  its replies are in. To a Redis Cluster each topic's call goes to its shard
+  and the flight is answered before the next is sent. Outputs submitted
   meanwhile (with sends or not) queue behind, so nothing overtakes a reply.
-  A topic whose script failed (or every topic, on a timeout or a lost
-  connection) has its senders' replies replaced by ``Backend unavailable``:
-  a script did all of its topic's batch or nothing.
+  A topic whose script failed (or every unanswered topic, on a timeout or a
+  lost connection: their outcome is unknown) has its senders' replies
+  replaced by ``Backend unavailable``: a success is written only for a
+  reply seen.
 - **Deliveries.** A listener task reads the sharded pub/sub channels of the
-  topics the core mirrors and feeds each batch to the core, then flushes
+  topics the core mirrors (straight from the connection on a standalone
+  Redis: :mod:`._pubsub`) and feeds each batch to the core, then flushes
   the hub once per burst of messages.
 - **Work.** Mirror loads (after the channel is subscribed: then the load's
   snapshot and the live batches overlap, and the core drops the overlap),

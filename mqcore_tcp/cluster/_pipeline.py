@@ -167,6 +167,11 @@ class PublishPipeline:
         """Flights sent (or waiting behind those) and not yet released."""
         return len(self._flights)
 
+    @property
+    def in_flight_bytes(self) -> int:
+        """Bytes of commands sent and not yet answered."""
+        return self._bytes
+
     async def send(self, outputs: list[Output]) -> None:
         """Send ``outputs``' script calls; they are released once answered (or refused)."""
         while self.full:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import anyio
 import anyio.to_thread
@@ -18,7 +20,7 @@ from mqcore import ConnectionId, Output, Reason, error_reply
 from mqcore._cluster import TopicBatch
 from mqcore_tcp.cluster._backend import CALL_TIMEOUT
 from mqcore_tcp.cluster._keys import TopicKeys
-from mqcore_tcp.cluster._pipeline import MAX_FLIGHTS, PublishPipeline
+from mqcore_tcp.cluster._pipeline import MAX_FLIGHT_BYTES, MAX_FLIGHTS, PublishPipeline
 from mqcore_tcp.testing_redis import RedisServer, redis_command
 
 from ..wire import OK, OK_BYTES, line, send, sub
@@ -73,15 +75,32 @@ def released() -> Released:
     return Released()
 
 
+@asynccontextmanager
+async def running(redis: RedisServer, released: Released) -> AsyncIterator[PublishPipeline]:
+    """A pipeline to ``redis`` with its reader running; closed on leaving."""
+    pipeline = PublishPipeline(redis.url, CACHE, released.release, released.errors.append)
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(pipeline.read_replies)
+            yield pipeline
+            tg.cancel_scope.cancel()
+    finally:
+        await pipeline.aclose()
+
+
+async def publish(pipeline: PublishPipeline, released: Released, output: Output) -> None:
+    """Send ``output`` and wait until it is released."""
+    await pipeline.send([output])
+    await released.until(len(released.outputs) + 1)
+
+
 @pytest.mark.anyio
 async def test_many_flights_in_flight_are_released_in_order(
     redis_server: RedisServer, released: Released
 ) -> None:
-    pipeline = PublishPipeline(redis_server.url, CACHE, released.release, released.errors.append)
     submitted: list[Output] = []
     most = 0
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(pipeline.read_replies)
+    async with running(redis_server, released) as pipeline:
         for i in range(400):
             # Three topics, several connections, and plain replies queued behind sends.
             topic = None if i % 7 == 6 else f"t{i % 3}"
@@ -89,8 +108,6 @@ async def test_many_flights_in_flight_are_released_in_order(
             await pipeline.send([submitted[-1]])
             most = max(most, pipeline.in_flight)
         await released.until(len(submitted))
-        tg.cancel_scope.cancel()
-    await pipeline.aclose()
     assert 1 < most <= MAX_FLIGHTS  # sent without waiting for replies, within the bound
     assert [id(o) for o in released.outputs] == [id(o) for o in submitted]
     assert b'{"success": false' not in b"".join(_replies(released.outputs))
@@ -107,14 +124,30 @@ async def test_many_flights_in_flight_are_released_in_order(
 
 
 @pytest.mark.anyio
+async def test_huge_flights_stay_within_the_bytes_bound(
+    redis_server: RedisServer, released: Released
+) -> None:
+    big = "x" * 100_000
+    submitted: list[Output] = []
+    async with running(redis_server, released) as pipeline:
+        for i in range(200):  # 20 MB of sends, over twice the bound
+            submitted.append(_output(i % 3, "h", [f"{i}{big}"]))
+            await pipeline.send([submitted[-1]])
+            # At most one flight past the bound: the one that reached it.
+            assert pipeline.in_flight_bytes < MAX_FLIGHT_BYTES + 200_000
+        await released.until(len(submitted), within=30)
+    assert [id(o) for o in released.outputs] == [id(o) for o in submitted]
+    assert _replies(released.outputs) == [OK_BYTES] * 200
+    assert released.errors == []
+
+
+@pytest.mark.anyio
 async def test_redis_killed_with_flights_in_flight(
     redis_server_aof: RedisServer, released: Released
 ) -> None:
     redis = redis_server_aof
-    pipeline = PublishPipeline(redis.url, CACHE, released.release, released.errors.append)
     submitted: list[Output] = []
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(pipeline.read_replies)
+    async with running(redis, released) as pipeline:
         for i in range(300):
             submitted.append(_output(1, "k", [f"m{i}.{j}" for j in range(20)]))
             await pipeline.send([submitted[-1]])
@@ -122,8 +155,6 @@ async def test_redis_killed_with_flights_in_flight(
                 redis.kill()  # flights are in flight: their outcome becomes unknown
                 await anyio.to_thread.run_sync(redis.wait)
         await released.until(len(submitted), within=3 * CALL_TIMEOUT)
-        tg.cancel_scope.cancel()
-    await pipeline.aclose()
     assert [id(o) for o in released.outputs] == [id(o) for o in submitted]
     assert released.errors  # the node was told
     redis.start()  # the AOF (fsync always) has everything Redis acknowledged
@@ -146,18 +177,11 @@ async def test_redis_killed_with_flights_in_flight(
 async def test_noscript_is_refused_then_the_script_is_loaded_again(
     redis_server: RedisServer, released: Released
 ) -> None:
-    pipeline = PublishPipeline(redis_server.url, CACHE, released.release, released.errors.append)
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(pipeline.read_replies)
-        await pipeline.send([_output(1, "s", ["before"])])
-        await released.until(1)
+    async with running(redis_server, released) as pipeline:
+        await publish(pipeline, released, _output(1, "s", ["before"]))
         redis_command(redis_server.port, "SCRIPT", "FLUSH")  # as if Redis lost its scripts
-        await pipeline.send([_output(1, "s", ["lost"])])
-        await released.until(2)
-        await pipeline.send([_output(1, "s", ["after"])])
-        await released.until(3)
-        tg.cancel_scope.cancel()
-    await pipeline.aclose()
+        await publish(pipeline, released, _output(1, "s", ["lost"]))
+        await publish(pipeline, released, _output(1, "s", ["after"]))
     assert [_replies([o]) for o in released.outputs] == [
         [OK_BYTES],
         [UNAVAILABLE_BYTES],  # did not run: refused, not retried (see the module's docstring)
@@ -171,11 +195,8 @@ async def test_noscript_is_refused_then_the_script_is_loaded_again(
 async def test_no_reply_in_time_refuses_every_flight(
     redis_server: RedisServer, released: Released
 ) -> None:
-    pipeline = PublishPipeline(redis_server.url, CACHE, released.release, released.errors.append)
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(pipeline.read_replies)
-        await pipeline.send([_output(1, "p", ["first"])])
-        await released.until(1)
+    async with running(redis_server, released) as pipeline:
+        await publish(pipeline, released, _output(1, "p", ["first"]))
         redis_server.send_signal(signal.SIGSTOP)  # Redis hangs: no reply, no error
         try:
             for i in range(5):
@@ -183,10 +204,7 @@ async def test_no_reply_in_time_refuses_every_flight(
             await released.until(6, within=3 * CALL_TIMEOUT)
         finally:
             redis_server.send_signal(signal.SIGCONT)
-        await pipeline.send([_output(1, "p", ["again"])])  # a new connection
-        await released.until(7)
-        tg.cancel_scope.cancel()
-    await pipeline.aclose()
+        await publish(pipeline, released, _output(1, "p", ["again"]))  # a new connection
     replies = [_replies([o])[0] for o in released.outputs]
     assert replies == [OK_BYTES] + [UNAVAILABLE_BYTES] * 5 + [OK_BYTES]
     assert len(released.errors) == 1
