@@ -21,8 +21,10 @@ Theory of operation:
   :data:`MAX_FLIGHT_BYTES` bytes of commands are unanswered; past either, the
   writer waits for replies (and outputs queue in the node, whose bound
   pauses the readers: TCP then slows the senders).
-- **Timeout.** The oldest unanswered flight must be answered within
-  :data:`CALL_TIMEOUT` of being sent.
+- **Timeouts.** The oldest unanswered flight must be answered within
+  :data:`CALL_TIMEOUT` of being sent, and a flight's commands must be taken
+  by the socket within as long (a Redis that stopped reading would hold
+  the writer).
 - **Failure.** A call answered with an error did nothing (a script does its
   topic's batch whole or not at all): its sends get ``Backend unavailable``
   and the node is told (:attr:`PublishPipeline.on_error`). A timeout, a lost
@@ -140,8 +142,9 @@ class PublishPipeline:
         self._pool: Any = ConnectionPool.from_url(
             url,
             socket_connect_timeout=CALL_TIMEOUT,
-            socket_timeout=None,  # the reader bounds every wait (no task per send)
+            socket_timeout=None,  # bounded here instead (redis-py's costs a task per send)
             health_check_interval=0,
+            protocol=2,
         )
         self._cache_size = b"%d" % cache_size
         self._release = release
@@ -201,9 +204,14 @@ class PublishPipeline:
         flight.deadline = anyio.current_time() + CALL_TIMEOUT
         self._push(flight)
         try:
-            await conn.send_packed_command(packed, check_health=False)
+            # Bounded: a Redis that stopped reading would hold the writer at drain().
+            with anyio.move_on_after(CALL_TIMEOUT) as scope:
+                await conn.send_packed_command(packed, check_health=False)
         except Exception as exc:  # whatever the socket raised: the outcome is unknown
             self._fail(conn, exc)
+            return
+        if scope.cancelled_caught:
+            self._fail(conn, BackendError(f"Redis took no command within {CALL_TIMEOUT} s"))
 
     def _push(self, flight: _Flight) -> None:
         self._flights.append(flight)
@@ -248,7 +256,7 @@ class PublishPipeline:
                 await conn.send_command("SCRIPT", "LOAD", PUBLISH)
                 sha = await conn.read_response()
         except BaseException:
-            with anyio.CancelScope(shield=True):
+            with anyio.move_on_after(CALL_TIMEOUT, shield=True):
                 await conn.disconnect(nowait=True)
             raise
         sha = sha if isinstance(sha, bytes) else str(sha).encode("ascii")

@@ -199,14 +199,19 @@ async def test_no_reply_in_time_refuses_every_flight(
         await publish(pipeline, released, _output(1, "p", ["first"]))
         redis_server.send_signal(signal.SIGSTOP)  # Redis hangs: no reply, no error
         try:
-            for i in range(5):
-                await pipeline.send([_output(1, "p", [f"hung{i}"])])
-            await released.until(6, within=3 * CALL_TIMEOUT)
+            with anyio.fail_after(4 * CALL_TIMEOUT):
+                for i in range(5):
+                    await pipeline.send([_output(1, "p", [f"hung{i}"])])
+                # More than the sockets' buffers hold: the writer must not wait for ever.
+                await pipeline.send(
+                    [_output(1, "p", [f"big{i}{'x' * 1_000_000}" for i in range(20)])]
+                )
+                await released.until(7)
         finally:
             redis_server.send_signal(signal.SIGCONT)
         await publish(pipeline, released, _output(1, "p", ["again"]))  # a new connection
     replies = [_replies([o])[0] for o in released.outputs]
-    assert replies == [OK_BYTES] + [UNAVAILABLE_BYTES] * 5 + [OK_BYTES]
+    assert replies == [OK_BYTES] + [UNAVAILABLE_BYTES] * 6 + [OK_BYTES]
     assert len(released.errors) == 1
     assert "no reply" in str(released.errors[0])
 
