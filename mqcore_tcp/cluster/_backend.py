@@ -55,6 +55,7 @@ class Backend:
         self.cluster = False
         #: Whether :meth:`connect` found what the URL names.
         self.probed = False
+        self._probing = anyio.Lock()
         self._scripts()
         self._random = random.Random()
         self._keys: dict[str, TopicKeys] = {}
@@ -68,18 +69,21 @@ class Backend:
         """Find whether the URL names a Redis Cluster; if so, talk to it as one."""
         if self.probed:
             return
-        info = await self._call(self.redis.info("cluster"))
-        if int(info.get("cluster_enabled", 0)):
-            old = self.redis
-            self.redis = aioredis.RedisCluster.from_url(
-                self.url, socket_timeout=CALL_TIMEOUT, socket_connect_timeout=CALL_TIMEOUT
-            )
-            await self._call(self.redis.initialize())  # the slot map, before any command
-            self.cluster = True
-            self._scripts()
-            with anyio.move_on_after(CALL_TIMEOUT):
-                await old.aclose()
-        self.probed = True
+        async with self._probing:  # the listener and the writer may both ask first
+            if self.probed:
+                return
+            info = await self._call(self.redis.info("cluster"))
+            if int(info.get("cluster_enabled", 0)):
+                old = self.redis
+                self.redis = aioredis.RedisCluster.from_url(
+                    self.url, socket_timeout=CALL_TIMEOUT, socket_connect_timeout=CALL_TIMEOUT
+                )
+                await self._call(self.redis.initialize())  # the slot map, before any command
+                self.cluster = True
+                self._scripts()
+                with anyio.move_on_after(CALL_TIMEOUT):
+                    await old.aclose()
+            self.probed = True
 
     async def _each(self, calls: list[Any]) -> list[Any]:
         """Run ``calls`` (one per topic, on their shards) at once: each result or exception."""

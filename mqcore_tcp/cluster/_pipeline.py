@@ -35,7 +35,8 @@ Theory of operation:
   store. (A message stored without its reply reaching the node is delivered
   all the same, and the sender, told it failed, may send it again: at least
   once, as with any broker whose acknowledgement was lost.) The connection is
-  then dropped; the next flight opens a new one.
+  then aborted (commands still in its buffer are dropped, not sent late);
+  the next flight opens a new one.
 - **Scripts.** The publishing script is loaded (``SCRIPT LOAD``) on every
   connect. A ``NOSCRIPT`` reply (Redis flushed or lost its scripts but kept
   the connection) means that call did not run: its sends get ``Backend
@@ -324,10 +325,13 @@ class PublishPipeline:
     def _fail(self, conn: Any, exc: BaseException) -> None:
         """``conn`` failed: every flight not yet answered is refused, in order.
 
-        The caller closes ``conn`` (redis-py closes it when a send fails).
+        ``conn`` is aborted: commands it still buffers are dropped, not sent
+        to Redis later (their senders are told they failed).
         """
         if conn is not None and conn is not self._conn:
             return  # an older connection, already failed
+        if conn is not None:
+            _abort(conn)
         self._conn = None
         self._reload = True
         failed, self._flights = self._flights, deque()
@@ -345,3 +349,11 @@ class PublishPipeline:
         if conn is not None:
             with anyio.move_on_after(CALL_TIMEOUT, shield=True):
                 await conn.disconnect(nowait=True)
+
+
+def _abort(conn: Any) -> None:
+    """Close ``conn``'s socket now, dropping what it buffers (redis-py's close would send it)."""
+    writer = getattr(conn, "_writer", None)
+    transport = getattr(writer, "transport", None)
+    if transport is not None:
+        transport.abort()
