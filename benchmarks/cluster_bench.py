@@ -5,6 +5,7 @@
     python -m benchmarks.cluster_bench               # every case, 3 s each
     python -m benchmarks.cluster_bench --quick       # smoke run
     python -m benchmarks.cluster_bench --setups single --json out.json
+    python -m benchmarks.cluster_bench --runs 3      # 3 runs, each table, then the medians
     python -m benchmarks.cluster_bench --redis-url redis://10.0.0.5:6379/0
 
 Setups, measured in the same run so that their ratio means something on a
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -156,6 +158,29 @@ def print_table(rows: Sequence[dict[str, Any]]) -> None:
             print(f"{case.key:<8} cluster/single = {ratio:.2f}")
 
 
+def medians(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per setup and case: the median of each figure over the runs that succeeded."""
+    merged: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for row in rows:
+        merged.setdefault((row["setup"], row["case"]), []).append(row)
+    out = []
+    for group in merged.values():
+        good = [r for r in group if r.get("ok")]
+        if not good:
+            out.append(group[0])
+            continue
+        row = dict(good[0])
+        for key in ("deliver_rate", "p50_us", "p99_us", "undelivered"):
+            if key in row:
+                row[key] = statistics.median(r[key] for r in good)
+        row["cpu_pct"] = {
+            label: statistics.median(r["cpu_pct"][label] or 0 for r in good)
+            for label in row.get("cpu_pct") or {}
+        }
+        out.append(row)
+    return out
+
+
 def _quick(case: Case) -> Case:
     """``case`` for a smoke run: latency at 1,000 msg/s."""
     if case.workload != "latency":
@@ -174,6 +199,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--redis-url", help="a Redis to use (default: start redis-server)")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    parser.add_argument(
+        "--runs", type=int, default=1, help="run everything N times (a shared machine is noisy)"
+    )
     args = parser.parse_args(argv)
     setups = [s.strip() for s in args.setups.split(",") if s.strip()]
     if not setups or any(s not in SETUPS for s in setups):
@@ -182,10 +210,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"the cluster setup needs Redis: {redis_available()}")
     duration, warmup = (0.3, 0.2) if args.quick else (args.duration, args.warmup)
     cases = [_quick(c) for c in CASES] if args.quick else list(CASES)
+    if args.runs < 1:
+        parser.error("--runs: at least 1")
     rows: list[dict[str, Any]] = []
-    for name in setups:
-        rows += run_setup(name, cases, duration, warmup, args.redis_url)
-    print_table(rows)
+    for run in range(args.runs):
+        these: list[dict[str, Any]] = []
+        for name in setups:
+            these += run_setup(name, cases, duration, warmup, args.redis_url)
+        if args.runs > 1:
+            print(f"-- run {run + 1} of {args.runs}")
+        print_table(these)
+        rows += [{**row, "run": run + 1} for row in these]
+    if args.runs > 1:
+        print(f"-- median of {args.runs} runs")
+        print_table(medians(rows))
     if args.json:
         report = {"python": sys.version.split()[0], "duration": duration, "results": rows}
         Path(args.json).write_text(json.dumps(report, indent=2))

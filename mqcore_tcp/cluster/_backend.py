@@ -15,7 +15,7 @@ from typing import Any, Final
 
 import anyio
 import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError, RedisClusterException, RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from mqcore._cluster import Delivered, TopicBatch
 
@@ -53,8 +53,9 @@ class Backend:
         )
         #: True against a Redis Cluster (found by :meth:`connect`).
         self.cluster = False
-        self._probed = False  # connect() asked what the URL names
-        self._probing = anyio.Lock()  # the writer and the listener may both ask first
+        #: Whether :meth:`connect` found what the URL names.
+        self.probed = False
+        self._probing = anyio.Lock()
         self._scripts()
         self._random = random.Random()
         self._keys: dict[str, TopicKeys] = {}
@@ -65,23 +66,23 @@ class Backend:
 
     async def connect(self) -> None:
         """Find whether the URL names a Redis Cluster; if so, talk to it as one."""
-        async with self._probing:
-            if not self._probed:
-                await self._probe()
-
-    async def _probe(self) -> None:
-        info = await self._call(self.redis.info("cluster"))
-        if int(info.get("cluster_enabled", 0)):
-            old = self.redis
-            self.redis = aioredis.RedisCluster.from_url(
-                self.url, socket_timeout=CALL_TIMEOUT, socket_connect_timeout=CALL_TIMEOUT
-            )
-            await self._call(self.redis.initialize())  # the slot map, before any command
-            self.cluster = True
-            self._scripts()
-            with anyio.move_on_after(CALL_TIMEOUT):
-                await old.aclose()
-        self._probed = True
+        if self.probed:
+            return
+        async with self._probing:  # the listener and the writer may both ask first
+            if self.probed:
+                return
+            info = await self._call(self.redis.info("cluster"))
+            if int(info.get("cluster_enabled", 0)):
+                old = self.redis
+                self.redis = aioredis.RedisCluster.from_url(
+                    self.url, socket_timeout=CALL_TIMEOUT, socket_connect_timeout=CALL_TIMEOUT
+                )
+                await self._call(self.redis.initialize())  # the slot map, before any command
+                self.cluster = True
+                self._scripts()
+                with anyio.move_on_after(CALL_TIMEOUT):
+                    await old.aclose()
+            self.probed = True
 
     async def _each(self, calls: list[Any]) -> list[Any]:
         """Run ``calls`` (one per topic, on their shards) at once: each result or exception."""
@@ -143,46 +144,19 @@ class Backend:
     async def ping(self) -> None:
         await self._call(self.redis.ping())
 
-    async def publish(self, groups: dict[str, list[TopicBatch]]) -> list[Any]:
-        """One script call per topic, all in one pipeline: each result or exception."""
-        if not self._probed:
-            # A first batch may come before the listener connected: on a Redis
-            # Cluster the first node's client would get MOVED for most topics.
-            await self.connect()
-        calls: list[tuple[list[Any], list[Any]]] = []
-        for topic, batches in groups.items():
+    async def publish(self, calls: dict[str, tuple[list[TopicBatch], Any]]) -> list[Any]:
+        """One script call per topic (each on its shard), all at once: each result or exception.
+
+        A Redis Cluster's path; a standalone Redis is pipelined (:mod:`._pipeline`).
+        """
+        each = []
+        for topic, (batches, _) in calls.items():
             keys = self.keys(topic)
             kinds = "".join(kind for batch in batches for kind in batch.kinds)
             heads = b"".join(head + b"\n" for batch in batches for head in batch.heads)
             args: list[Any] = [keys.channel, self.cache_size, self._seed(), "n", "", kinds, heads]
-            calls.append((keys.keys, args))
-        if self.cluster or len(calls) == 1:
-            # One topic (the usual case), or a Redis Cluster (each topic on its
-            # shard): plain EVALSHA calls, all at once. A pipeline would first
-            # ask SCRIPT EXISTS: a second round trip per batch.
-            each = [self._publish(keys=keys, args=args) for keys, args in calls]
-            results: list[Any] = await self._call(self._each(each))
-        else:
-            results = await self._call(self._pipelined(calls))
-        return results
-
-    async def _pipelined(self, calls: list[tuple[list[Any], list[Any]]]) -> list[Any]:
-        """Several topics' EVALSHA in one pipeline (the script loaded first if Redis lost it)."""
-        results: list[Any] = await self._evalsha_all(calls)
-        lost = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
-        if lost:
-            # A restarted Redis: those did not run (NOSCRIPT), so running them again is safe.
-            await self.redis.script_load(PUBLISH)
-            again = await self._evalsha_all([calls[i] for i in lost])
-            for i, result in zip(lost, again, strict=True):
-                results[i] = result
-        return results
-
-    async def _evalsha_all(self, calls: list[tuple[list[Any], list[Any]]]) -> list[Any]:
-        pipe = self.redis.pipeline(transaction=False)
-        for keys, args in calls:
-            pipe.evalsha(self._publish.sha, len(keys), *keys, *args)
-        results: list[Any] = await pipe.execute(raise_on_error=False)
+            each.append(self._publish(keys=keys.keys, args=args))
+        results: list[Any] = await self._call(self._each(each))
         return results
 
     async def requeue(self, topic: str, ones: Sequence[Delivered]) -> None:

@@ -4,15 +4,20 @@ The hub hands every output to :meth:`ClusterNode.submit`, as it would to a
 committer. Theory of operation:
 
 - **Publishing.** An output with sends (``Output.publishes``) waits in a
-  queue; a writer task takes every queued output at once, sends all their
-  batches to Redis in ONE pipeline (one script call per topic, the topic's
-  messages in order), then releases the outputs in order. Outputs submitted
+  queue; a writer task takes every queued output at once (a *flight*: one
+  script call per topic, the topic's messages in order). To a standalone
+  Redis it is pipelined (:mod:`._pipeline`): sent at once on one connection
+  without waiting for earlier flights' replies, and released, in order, when
+  its replies are in. To a Redis Cluster each topic's call goes to its shard
+  and the flight is answered before the next is sent. Outputs submitted
   meanwhile (with sends or not) queue behind, so nothing overtakes a reply.
-  A topic whose script failed (or every topic, on a timeout or a lost
-  connection) has its senders' replies replaced by ``Backend unavailable``:
-  a script did all of its topic's batch or nothing.
+  A topic whose script failed (or every unanswered topic, on a timeout or a
+  lost connection: their outcome is unknown) has its senders' replies
+  replaced by ``Backend unavailable``: a success is written only for a
+  reply seen.
 - **Deliveries.** A listener task reads the sharded pub/sub channels of the
-  topics the core mirrors and feeds each batch to the core, then flushes
+  topics the core mirrors (straight from the connection on a standalone
+  Redis: :mod:`._pubsub`) and feeds each batch to the core, then flushes
   the hub once per burst of messages.
 - **Work.** Mirror loads (after the channel is subscribed: then the load's
   snapshot and the live batches overlap, and the core drops the overlap),
@@ -45,12 +50,14 @@ from typing import Any, Final
 import anyio
 from redis.exceptions import RedisClusterException, RedisError
 
-from mqcore import ConnectionId, Output, Reason, Record, error_reply
-from mqcore._cluster import ClusterBroker, ClusterWork, TopicBatch
+from mqcore import ConnectionId, Output, Record
+from mqcore._cluster import ClusterBroker, ClusterWork
 
 from .._commit import Committer
 from ._backend import CALL_TIMEOUT, Backend, BackendError
 from ._keys import TopicKeys, parse_batch
+from ._pipeline import PublishPipeline, group, refuse
+from ._pubsub import RawPubSub
 from ._registry import ANNOUNCE, TopicRegistry
 
 __all__ = ["HEARTBEAT", "ClusterNode"]
@@ -74,7 +81,6 @@ BURST: Final = 256
 #: Handed ``one`` messages whose confirmation may wait for Redis to return.
 MAX_UNCONFIRMED: Final = 100_000
 
-_BACKEND_UNAVAILABLE: Final = error_reply(Reason.BACKEND_UNAVAILABLE)
 #: What a Redis call may raise (a cluster client's own errors are not RedisError's).
 _BACKEND_ERRORS: Final = (BackendError, RedisError, RedisClusterException, OSError, TimeoutError)
 
@@ -112,6 +118,8 @@ class ClusterNode(Committer):
         self._connected = anyio.Event()
         # Handed ``one`` messages per topic, to confirm (see _confirm).
         self._unconfirmed: dict[str, list[int]] = {}
+        # The writer's, once it runs (standalone Redis).
+        self._pipeline: PublishPipeline | None = None
         self.registry = TopicRegistry(backend, broker.max_topics)
 
     # -- the hub's side ---------------------------------------------------------------
@@ -155,45 +163,70 @@ class ClusterNode(Committer):
     # -- publishing -------------------------------------------------------------------
 
     async def _writer(self) -> None:
-        while True:
-            await self._nudge.wait()
-            self._nudge = anyio.Event()
-            batch, self._queue = self._queue, []
-            if not batch:
-                continue
-            self._in_flight = len(batch)
-            await self._publish(batch)
-            for output in batch:
-                self._release(output)
-            self._in_flight = 0
-            self._rooms()
-            if not self._queue:
-                self._idle.set()
+        # A standalone Redis gets every flight pipelined on one connection
+        # (see ._pipeline); a Redis Cluster one call per topic, on its
+        # shard, each flight answered before the next is sent.
+        pipeline = self._pipeline = PublishPipeline(
+            self._backend.url,
+            self._backend.cache_size,
+            self._done,
+            self._unavailable,
+            self.registry.created,
+        )
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(pipeline.read_replies)
+                while True:
+                    await self._nudge.wait()
+                    self._nudge = anyio.Event()
+                    batch, self._queue = self._queue, []
+                    if not batch:
+                        continue
+                    self._in_flight += len(batch)
+                    if not self._backend.probed:
+                        try:
+                            await self._backend.connect()
+                        except _BACKEND_ERRORS as exc:
+                            self._unavailable(exc)
+                    if not self._backend.probed:  # which way to publish is not known yet
+                        for batches, owners in group(batch).values():
+                            refuse(batches, owners)
+                        self._done(batch)
+                    elif self._backend.cluster:
+                        await self._publish(batch)
+                        self._done(batch)
+                    else:
+                        await pipeline.send(batch)
+        finally:
+            await pipeline.aclose()
+
+    def _done(self, outputs: list[Output]) -> None:
+        """Release ``outputs`` (answered by Redis, or refused), in the order submitted."""
+        for output in outputs:
+            self._release(output)
+        self._in_flight -= len(outputs)
+        self._rooms()
+        if not self._queue and not self._in_flight:
+            self._idle.set()
 
     async def _publish(self, outputs: list[Output]) -> None:
-        groups: dict[str, list[TopicBatch]] = {}
-        owners: dict[str, list[Output]] = {}
-        for output in outputs:
-            for batch in output.publishes:
-                groups.setdefault(batch.topic, []).append(batch)
-                owners.setdefault(batch.topic, []).append(output)
-        if not groups:
+        """A Redis Cluster's way: each topic's call on its shard, all answered before the next."""
+        calls = group(outputs)
+        if not calls:
             return
         results: list[Any]
         try:
-            results = await self._backend.publish(groups)
+            results = await self._backend.publish(calls)
         except _BACKEND_ERRORS as exc:
             self._unavailable(exc)
-            results = [exc] * len(groups)
-        for (topic, batches), result in zip(groups.items(), results, strict=False):
+            results = [exc] * len(calls)
+        for (batches, owners), result in zip(calls.values(), results, strict=False):
             if isinstance(result, Exception):
                 if self.available:
                     self._unavailable(result)
-                for batch, output in zip(batches, owners[topic], strict=True):
-                    for cid, position in batch.slots:
-                        output.writes[cid][position] = _BACKEND_UNAVAILABLE
+                refuse(batches, owners)
         # First index 0: these topics are new to the cluster (registered for patterns).
-        self.registry.created(t for t, result in zip(groups, results, strict=False) if result == 0)
+        self.registry.created(t for t, result in zip(calls, results, strict=False) if result == 0)
 
     def _unavailable(self, exc: BaseException) -> None:
         if self.available:
@@ -219,13 +252,19 @@ class ClusterNode(Committer):
 
     async def _listen(self) -> None:
         await self._backend.connect()
-        pubsub = self._backend.redis.pubsub()
-        # A Redis Cluster's pub/sub polls each shard it subscribed on in turn,
-        # waiting up to the timeout on each: a short one there (see CLUSTER_POLL).
-        receive = pubsub.get_sharded_message if self._backend.cluster else pubsub.get_message
-        wait = CLUSTER_POLL if self._backend.cluster else HEARTBEAT
+        pubsub: Any
+        if self._backend.cluster:
+            pubsub = self._backend.redis.pubsub()
+            # A Redis Cluster's pub/sub polls each shard it subscribed on in turn,
+            # waiting up to the timeout on each: a short one there (see CLUSTER_POLL).
+            receive, wait = pubsub.get_sharded_message, CLUSTER_POLL
+        else:
+            pubsub = RawPubSub(self._backend.url)  # read straight from its connection
+            receive, wait = pubsub.get_message, HEARTBEAT
         try:
-            # The announcements of new topics, and a connection to read from.
+            if not self._backend.cluster:
+                await pubsub.connect()
+            # The announcements of new topics (and a connection to read from).
             await pubsub.ssubscribe(*self._channels, ANNOUNCE)
             self._pubsub = pubsub
             self._connected.set()
@@ -409,6 +448,8 @@ class ClusterNode(Committer):
                 self.available = True
                 log.warning("backend available again")
                 self._broker.set_backend_available(True)
+                if self._pipeline is not None:
+                    self._pipeline.reconnect()
                 if self._unconfirmed:
                     self._work.append(ClusterWork())  # the worker retries the confirms
                     self._work_ready.set()
