@@ -45,14 +45,14 @@ __all__ = [
 
 #: Outputs (about one per loop turn) one span holds at most.
 MAX_SPAN_OUTPUTS: Final = 64
-#: Records one span holds at most (about one per message, plus one per topic per turn).
-MAX_SPAN_RECORDS: Final = 32_768
+#: Records one span holds at most (one per message, plus one or two per topic per turn).
+MAX_SPAN_RECORDS: Final = 65_536
 #: Bytes one span holds at most: bytes to write plus stored message bytes.
 MAX_SPAN_BYTES: Final = 16 << 20
 #: A span stays open at most this many times as long as the previous commit took...
-SPAN_FACTOR: Final = 2.0
+SPAN_FACTOR: Final = 4.0
 #: ...and never longer than this (seconds).
-MAX_SPAN_SECONDS: Final = 0.25
+MAX_SPAN_SECONDS: Final = 0.5
 
 
 class Span:
