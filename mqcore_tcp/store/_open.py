@@ -41,8 +41,6 @@ WAL_SIZE_LIMIT: Final = 16 << 20
 
 #: SQLite's page cache for the store's connection, at most (SQLite's default is 2 MB).
 PAGE_CACHE_BYTES: Final = 32 << 20
-#: Log pages (of 4 KiB) after which a commit checkpoints the log into the file.
-CHECKPOINT_PAGES: Final = 4000
 
 _SYNCHRONOUS: Final[dict[FsyncMode, str]] = {"always": "FULL", "batch": "NORMAL", "off": "OFF"}
 
@@ -95,10 +93,6 @@ def connect(path: Path, fsync: FsyncMode) -> sqlite3.Connection:
         # mid-transaction and are read back (a third more writes, three
         # times the reads at 1,000 topics).
         conn.execute(f"PRAGMA cache_size = {-(PAGE_CACHE_BYTES >> 10)}")
-        # Checkpoint (copy the log into the file, with an fsync in `batch`)
-        # once the log holds this many pages rather than SQLite's 1,000: a
-        # third of the syncs, and the log stays within WAL_SIZE_LIMIT.
-        conn.execute(f"PRAGMA wal_autocheckpoint = {CHECKPOINT_PAGES}")
         # Take the write lock now: a second server fails here, not on its first message.
         conn.execute("BEGIN IMMEDIATE")
         conn.execute("COMMIT")
