@@ -10,10 +10,15 @@ Two strategies, chosen by the store (:attr:`mqcore.Store.commit_in_thread`):
   released on the event loop. An output without records still waits behind
   earlier ones.
 * :class:`InlineCommitter`, when a commit only hands pages to the OS (SQLite
-  with ``batch`` or ``off``, the memory store): each output is stored as it
-  is submitted and released at once. This is measured faster: a commit of a
+  with ``batch`` or ``off``, the memory store): outputs are stored on the
+  event loop, no thread involved. This is measured faster: a commit of a
   few hundred messages takes a fraction of a millisecond, while a round trip
-  through a thread costs more than that.
+  through a thread costs more than that. An output is held while reads keep
+  arriving, and stored with the following loop turns' outputs in one commit
+  (a *span*, :mod:`mqcore_tcp._commit_span`), so a commit carries many
+  messages per topic; a span ends as soon as a loop turn brings no read, or
+  at its bounds in outputs, records, bytes and time, and an output submitted
+  while none is held and with nothing to store is released at once.
 """
 
 from __future__ import annotations
