@@ -26,8 +26,8 @@ from ..wire import OK, send
 from .test_durability import (
     Consumer,
     Producer,
+    check_replays,
     hello_epoch,
-    replay_and_next,
     watched_server,
 )
 
@@ -165,14 +165,5 @@ async def test_sigkill_mid_burst_to_many_topics_loses_nothing_acknowledged(
 
         async with server_process(*args) as server:
             assert await hello_epoch(server.port) == epoch
-            for producer in producers:
-                acked = producer.acked_by_topic()
-                for topic in producer.topics:
-                    replay, next_index = await replay_and_next(server.port, topic)
-                    sent = sum(1 for t, _ in producer.sent if t == topic)
-                    assert acked[topic] <= next_index <= sent + 1
-                    start = max(0, next_index - 50)
-                    assert replay == [
-                        (i, producer.message(topic, i)) for i in range(start, next_index)
-                    ]
+            await check_replays(server.port, producers, 50)
     assert sum(p.acked for p in producers) >= 3000
