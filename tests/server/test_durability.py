@@ -62,6 +62,9 @@ WINDOW = 100
 class Producer:
     """Pipelines sends to its own topics (so it knows every index) until the server dies."""
 
+    #: Sends in flight at most.
+    window = WINDOW
+
     def __init__(self, name: str, topics: Sequence[str], delivery: str) -> None:
         self.name = name
         self.topics = topics
@@ -80,7 +83,7 @@ class Producer:
 
     async def run(self, port: int, enough: anyio.Event, acks: list[int]) -> None:
         conn = await LineClient.open(port)
-        room = anyio.Semaphore(WINDOW)
+        room = anyio.Semaphore(self.window)
         counts = dict.fromkeys(self.topics, 0)
         try:
             await self._pipeline(conn, room, counts, enough, acks)
