@@ -12,7 +12,7 @@ Throughput: starts ``python -m mqcore_tcp`` (a subprocess on a loopback
 port: any free one, or see ``--port``) in memory and with ``--data-dir``
 (default ``--fsync``), alternately, ``--rounds`` times each, and drives each with
 ``mqload throughput --proto aiomemq --port P --subs 1``. It prints every run
-and the ratio of the medians, durable / in-memory (the aim: at least 0.5).
+and the ratio of the medians, durable / in-memory (the aim, issue 14: at least 0.8).
 
 Many topics: the same alternation, but one pipelined Python sender sends
 ``--many-sends`` messages round-robin to ``--topics`` (1,000) topics and
@@ -78,7 +78,11 @@ def mqload_throughput(mqload: str, srv: ServerProcess, duration: float) -> dict[
 
 
 def alternate(
-    ports: Iterator[int], rounds: int, fsync: str, measure: Callable[[ServerProcess], float]
+    ports: Iterator[int],
+    rounds: int,
+    fsync: str,
+    measure: Callable[[ServerProcess], float],
+    aim: float,
 ) -> dict[str, Any]:
     """Measure a rate in memory and durable alternately; print and return the rates and ratio.
 
@@ -96,7 +100,7 @@ def alternate(
     durable = statistics.median(rates["durable"])
     ratio = durable / memory
     print(f"  median: in-memory {memory:,.0f} msg/s, durable ({fsync}) {durable:,.0f} msg/s")
-    print(f"  ratio durable / in-memory: {ratio:.2f} (aim: >= 0.50)")
+    print(f"  ratio durable / in-memory: {ratio:.2f} (aim: >= {aim:.2f})")
     return {"rates": rates, "median": {"in-memory": memory, "durable": durable}, "ratio": ratio}
 
 
@@ -117,7 +121,7 @@ def throughput(
         )
         return rate
 
-    return alternate(ports, rounds, fsync, measure)
+    return alternate(ports, rounds, fsync, measure, aim=0.8)
 
 
 def dir_size(path: Path) -> int:
@@ -164,7 +168,7 @@ def many_topics(
         print(f" {rate:>10,.0f} msg/s acknowledged", flush=True)
         return rate
 
-    return alternate(ports, rounds, fsync, measure)
+    return alternate(ports, rounds, fsync, measure, aim=0.5)
 
 
 def disk_use(

@@ -9,6 +9,11 @@ no reply or delivery is written before its record is stored, and every
 connection sees the broker's order. ``release`` never submits again: the
 pipeline is not re-entrant.
 
+Storing may wait for more outputs (the inline strategy holds outputs while
+reads keep arriving, so that one commit carries several loop turns): that
+moves acknowledgements later under load, never earlier than their records
+are stored.
+
 Records that wait for bytes to be *written* (the consumption of ``one``
 messages, :attr:`mqcore.Output.after_write`) come back through
 :meth:`~Committer.store_later`: nothing waits for them, so they ride along

@@ -10,16 +10,22 @@ Two strategies, chosen by the store (:attr:`mqcore.Store.commit_in_thread`):
   released on the event loop. An output without records still waits behind
   earlier ones.
 * :class:`InlineCommitter`, when a commit only hands pages to the OS (SQLite
-  with ``batch`` or ``off``, the memory store): each output is stored as it
-  is submitted and released at once. This is measured faster: a commit of a
+  with ``batch`` or ``off``, the memory store): outputs are stored on the
+  event loop, no thread involved. This is measured faster: a commit of a
   few hundred messages takes a fraction of a millisecond, while a round trip
-  through a thread costs more than that.
+  through a thread costs more than that. An output is held while reads keep
+  arriving, and stored with the following loop turns' outputs in one commit
+  (a *span*, :mod:`mqcore_tcp._commit_span`), so a commit carries many
+  messages per topic; a span ends as soon as a loop turn brings no read, or
+  at its bounds in outputs, records, bytes and time, and an output submitted
+  while none is held and with nothing to store is released at once.
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
+import time
 
 import anyio
 import anyio.from_thread
@@ -29,19 +35,28 @@ import anyio.to_thread
 from mqcore import Output, Record, Store, StoreError, StoreUnavailable
 
 from ._commit import MAX_QUEUED_OUTPUTS, Committer, Release, StorageCallback, noop_storage
+from ._commit_span import Span
 
 __all__ = ["InlineCommitter", "ThreadedCommitter", "committer_for"]
 
 
 class InlineCommitter(Committer):
-    """Stores each output's records on the event loop as it is submitted, then releases it."""
+    """Stores outputs' records on the event loop, one commit per span of loop turns.
+
+    See :mod:`mqcore_tcp._commit_span` for when a span ends.
+    """
 
     def __init__(
         self, store: Store, release: Release, on_storage: StorageCallback = noop_storage
     ) -> None:
         super().__init__(store, release, on_storage)
-        # Set when records wait in `_later` or the store failed.
+        # Set when a span opens, records wait in `_later`, or the store failed.
         self._nudge = anyio.Event()
+        self._span = Span()
+        # Outputs held so far: a check that sees no new one knows no read followed.
+        self._held_count = 0
+        # What the previous commit took (seconds): how long the next span may stay open.
+        self._last_commit = 0.0
 
     def submit(self, output: Output) -> None:
         if self.error is not None:
@@ -49,43 +64,82 @@ class InlineCommitter(Committer):
         if not self.available:
             self._submit_while_unavailable(output)
             return
-        if (output.records or self._later) and not self._commit(output):
-            return
-        self._release(output)
+        span = self._span
+        if not span.outputs:
+            if not output.records and not self._later:
+                self._release(output)  # nothing to store, nothing to wait behind
+                return
+            if self._idle.is_set():
+                self._idle = anyio.Event()
+            self._nudge.set()
+        self._held_count += 1
+        if span.add(output, time.monotonic()):
+            self._commit_span()
 
     def _wake(self) -> None:
         self._nudge.set()
 
-    def _commit(self, output: Output | None) -> bool:
-        """Store ``output``'s records (and any stored later) now; False if it must wait."""
+    def _commit_span(self) -> None:
+        """Store the span's records (and any stored later), then release its outputs."""
+        outputs = self._span.take()
         later = self._take_later()
-        records = [] if output is None else output.records
+        records = later
+        for output in outputs:
+            records += output.records
+        started = time.perf_counter()
         try:
-            self._store.apply(later + records if later else records)
+            self._store.apply(records)
         except StoreUnavailable as exc:
             with self._lock:
                 self._later = later + self._later
-            self._become_unavailable(exc, [] if output is None else [output])
+            self._become_unavailable(exc, [])
+            # In order: outputs with records are held; of the others, only the
+            # writes to connections with output held wait behind them.
+            for output in outputs:
+                self._submit_while_unavailable(output)
             self._nudge.set()
-            return False
+            return
         except StoreError as exc:
             self._fail(exc)
             self._nudge.set()
-            return False
-        return True
+            return
+        self._last_commit = time.perf_counter() - started
+        for output in outputs:
+            self._release(output)
+        if self.available:
+            self._idle.set()
 
     async def run(self) -> None:
         while True:
             await self._nudge.wait()
             self._nudge = anyio.Event()
-            # Give the outputs of this loop turn a chance to carry these records along.
-            await anyio.lowlevel.checkpoint()
+            if not self._span.outputs:
+                # Only records stored later wait: let this turn's outputs carry them.
+                await anyio.lowlevel.checkpoint()
+            await self._hold_while_reads_follow()
             if not self.available:
                 await self._retry_until_available()
-            if self._later and self.error is None:
-                self._commit(None)
+            if self.error is None and (self._span.outputs or self._later):
+                self._commit_span()
             if self.error is not None:
                 raise self.error
+
+    async def _hold_while_reads_follow(self) -> None:
+        """Return once the open span (if any) should be committed."""
+        span = self._span
+        while span.outputs and self.available and self.error is None:
+            seen = self._held_count
+            # Two passes: the loop polls its sockets between them, and a read
+            # it finds is fed to the broker (and submitted) by the second.
+            await anyio.lowlevel.checkpoint()
+            await anyio.lowlevel.checkpoint()
+            if seen == self._held_count or span.due(time.monotonic(), self._last_commit):
+                return
+
+    def _after_recovery(self) -> None:
+        # Outputs submitted while unavailable went through submit() again: they may hold a span.
+        if not self._span.outputs:
+            self._idle.set()
 
 
 class ThreadedCommitter(Committer):

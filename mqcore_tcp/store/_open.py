@@ -39,6 +39,9 @@ FSYNC_MODES: Final[tuple[FsyncMode, ...]] = get_args(FsyncMode)
 #: The write-ahead log is truncated back to this after a checkpoint that let it grow past it.
 WAL_SIZE_LIMIT: Final = 16 << 20
 
+#: SQLite's page cache for the store's connection, at most (SQLite's default is 2 MB).
+PAGE_CACHE_BYTES: Final = 32 << 20
+
 _SYNCHRONOUS: Final[dict[FsyncMode, str]] = {"always": "FULL", "batch": "NORMAL", "off": "OFF"}
 
 
@@ -85,6 +88,11 @@ def connect(path: Path, fsync: FsyncMode) -> sqlite3.Connection:
             conn.execute("PRAGMA fullfsync = ON")
             conn.execute("PRAGMA checkpoint_fullfsync = ON")
         conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
+        # A commit spanning loop turns touches a page or two per topic: with
+        # SQLite's default 2 MB cache its dirty pages spill into the log
+        # mid-transaction and are read back (a third more writes, three
+        # times the reads at 1,000 topics).
+        conn.execute(f"PRAGMA cache_size = {-(PAGE_CACHE_BYTES >> 10)}")
         # Take the write lock now: a second server fails here, not on its first message.
         conn.execute("BEGIN IMMEDIATE")
         conn.execute("COMMIT")

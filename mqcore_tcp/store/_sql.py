@@ -19,6 +19,7 @@ content only, and get a checksum when they are next written).
 from __future__ import annotations
 
 import contextlib
+import functools
 import sqlite3
 from collections.abc import Iterator
 from typing import Final
@@ -166,11 +167,21 @@ def execute_rows(
     width = row.count("?")
     total = len(params) // width
     done = 0
-    for chunk in (c for c in _CHUNKS if c * width <= _MAX_PARAMS):
-        sql = template.format(sep.join([row] * chunk))
+    for chunk in _CHUNKS:
+        if total - done < chunk or chunk * width > _MAX_PARAMS:
+            continue
+        sql = _statement(template, row, sep, chunk)
         while total - done >= chunk:
             conn.execute(sql, params[done * width : (done + chunk) * width])
             done += chunk
+
+
+@functools.lru_cache(maxsize=64)
+def _statement(template: str, row: str, sep: str, count: int) -> str:
+    """``template`` for ``count`` rows: the same string object each time, so that
+    SQLite's statement cache finds its prepared statement without hashing the
+    text again (a str caches its hash) and no text is built per call."""
+    return template.format(sep.join([row] * count))
 
 
 def read_rows(

@@ -62,6 +62,9 @@ WINDOW = 100
 class Producer:
     """Pipelines sends to its own topics (so it knows every index) until the server dies."""
 
+    #: Sends in flight at most.
+    window = WINDOW
+
     def __init__(self, name: str, topics: Sequence[str], delivery: str) -> None:
         self.name = name
         self.topics = topics
@@ -80,7 +83,7 @@ class Producer:
 
     async def run(self, port: int, enough: anyio.Event, acks: list[int]) -> None:
         conn = await LineClient.open(port)
-        room = anyio.Semaphore(WINDOW)
+        room = anyio.Semaphore(self.window)
         counts = dict.fromkeys(self.topics, 0)
         try:
             await self._pipeline(conn, room, counts, enough, acks)
@@ -172,6 +175,25 @@ async def replay_and_next(port: int, topic: str) -> tuple[list[tuple[int, str]],
         await conn.aclose()
 
 
+async def check_replays(
+    port: int, producers: Sequence[Producer], cache_size: int
+) -> dict[str, int]:
+    """After a restart, each of the producers' `all` topics replays exactly the newest
+    ``cache_size`` messages stored, every acknowledged one among them, each at its
+    index, and no index is reused; return each topic's next index."""
+    next_indices: dict[str, int] = {}
+    for producer in producers:
+        acked = producer.acked_by_topic()
+        for topic in producer.topics:
+            replay, next_index = await replay_and_next(port, topic)
+            sent = sum(1 for t, _ in producer.sent if t == topic)
+            assert acked[topic] <= next_index <= sent + 1  # no index reused
+            start = max(0, next_index - cache_size)
+            assert replay == [(i, producer.message(topic, i)) for i in range(start, next_index)]
+            next_indices[topic] = next_index
+    return next_indices
+
+
 @pytest.mark.parametrize("fsync", ["batch", "always"])
 async def test_sigkill_mid_stream_loses_nothing_acknowledged(data_dir: Path, fsync: str) -> None:
     producers = [Producer(f"p{i}", [f"all{i}a", f"all{i}b"], "all") for i in range(3)]
@@ -201,22 +223,11 @@ async def test_sigkill_mid_stream_loses_nothing_acknowledged(data_dir: Path, fsy
         async with server_process(*args) as server:
             assert await hello_epoch(server.port) == epoch
 
-            # `all` topics: the replay is exactly the newest CACHE_SIZE messages
-            # stored, every acknowledged one among them, each at its index.
-            for producer in producers:
-                acked = producer.acked_by_topic()
-                for topic in producer.topics:
-                    replay, next_index = await replay_and_next(server.port, topic)
-                    sent = sum(1 for t, _ in producer.sent if t == topic)
-                    assert acked[topic] <= next_index <= sent + 1  # no index reused
-                    start = max(0, next_index - CACHE_SIZE)
-                    assert replay == [
-                        (i, producer.message(topic, i)) for i in range(start, next_index)
-                    ]
-                    for t, index, msg in consumers[0].seen:
-                        if t == topic:
-                            assert index < next_index
-                            assert msg == producer.message(topic, index)
+            next_indices = await check_replays(server.port, producers, CACHE_SIZE)
+            for t, index, msg in consumers[0].seen:
+                producer = next(p for p in producers if t in p.topics)
+                assert index < next_indices[t]
+                assert msg == producer.message(t, index)
 
             # `one` messages: each acknowledged one was received before the
             # crash or is replayed now (at least once, never lost).
