@@ -28,9 +28,9 @@ __all__ = [
     "CLOSE_TIMEOUT",
     "MAX_BACKOFF",
     "AcceptBackoff",
-    "keep_alive",
     "out_of_descriptors",
     "peer_name",
+    "tune_accepted",
 ]
 
 log = logging.getLogger("mqcore_tcp")
@@ -104,7 +104,14 @@ def peer_name(address: object) -> str:
     return str(address) or "unix"
 
 
-def keep_alive(sock: socket.socket) -> None:
-    """Turn on TCP keepalive, so a peer that vanished is noticed (TCP sockets only)."""
+def tune_accepted(sock: socket.socket) -> None:
+    """Set an accepted TCP socket's options (a Unix socket's are left as they are).
+
+    Keepalive, so a peer that vanished is noticed; and no Nagle delay: a small
+    write (a reply, one delivery) leaves at once instead of waiting for the
+    peer's delayed ACK, up to 40 ms. asyncio sets TCP_NODELAY itself only on
+    sockets whose ``proto`` is IPPROTO_TCP, which accepted ones do not say.
+    """
     if sock.family in (socket.AF_INET, socket.AF_INET6):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

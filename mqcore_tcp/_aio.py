@@ -38,7 +38,7 @@ import anyio
 
 from mqcore import ConnectionId
 
-from ._accept import CLOSE_TIMEOUT, AcceptBackoff, keep_alive, peer_name
+from ._accept import CLOSE_TIMEOUT, AcceptBackoff, peer_name, tune_accepted
 from ._hub import Hub
 from ._tls import HANDSHAKE_TIMEOUT, peer_identity
 
@@ -122,7 +122,7 @@ class AioConnection(asyncio.Protocol):
         self._tls = transport.get_extra_info("sslcontext") is not None
         sock = transport.get_extra_info("socket")
         if sock is not None:
-            keep_alive(sock)
+            tune_accepted(sock)
         identity = peer_identity(transport.get_extra_info("peercert"))
         self.cid = self.hub.connect(self, peer_name(transport.get_extra_info("peername")), identity)
         if self.hub.durable:

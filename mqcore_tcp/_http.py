@@ -39,7 +39,7 @@ import anyio.abc
 import h11
 from anyio.abc import SocketAttribute
 
-from ._accept import AcceptBackoff, keep_alive, out_of_descriptors, peer_name
+from ._accept import AcceptBackoff, out_of_descriptors, peer_name, tune_accepted
 from ._hub import Hub
 from ._site import Page, Site, json_page
 from ._tls import handshake
@@ -137,7 +137,7 @@ class HTTPListening:
                 continue
             backoff.succeeded()
             try:
-                keep_alive(stream.extra(SocketAttribute.raw_socket))
+                tune_accepted(stream.extra(SocketAttribute.raw_socket))
                 peer = peer_name(stream.extra(SocketAttribute.remote_address, ""))
             except OSError:
                 await stream.aclose()

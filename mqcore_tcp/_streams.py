@@ -25,7 +25,7 @@ from anyio.abc import SocketAttribute
 
 from mqcore import ConnectionId
 
-from ._accept import AcceptBackoff, keep_alive, peer_name
+from ._accept import AcceptBackoff, peer_name, tune_accepted
 from ._hub import Hub
 from ._queued_writes import QueuedWrites
 from ._tls import handshake
@@ -120,7 +120,7 @@ async def serve_listener(
         stream = await backoff.accept(listener.accept)
         try:
             raw: socket.socket = stream.extra(SocketAttribute.raw_socket)
-            keep_alive(raw)
+            tune_accepted(raw)
             peer = peer_name(stream.extra(SocketAttribute.remote_address, ""))
         except OSError:  # it went away already (getpeername: not connected)
             await stream.aclose()

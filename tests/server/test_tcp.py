@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio
 import pytest
+from anyio.abc import SocketAttribute
 
 from mqcore_tcp import TCPServer
+from mqcore_tcp._aio import AioConnection
+from mqcore_tcp._streams import StreamConnection
 
+from ..conftest import BOTH_BACKENDS
 from ..helpers import LineClient, in_process
 from ..wire import OK, send, sub
 
@@ -21,6 +26,24 @@ async def client(server: TCPServer) -> AsyncIterator[LineClient]:
     """A raw protocol client of ``server``, closed on leaving."""
     async with await LineClient.open(server.port) as c:
         yield c
+
+
+@BOTH_BACKENDS
+async def test_accepted_sockets_send_small_writes_at_once() -> None:
+    # TCP_NODELAY on the server's side: without it a reply or a delivery
+    # waits for the client's delayed ACK (up to 40 ms at low rates).
+    async with in_process() as server, client(server) as c:
+        assert await c.request(sub("t")) == OK  # the connection is the hub's now
+        (link,) = server.hub.links.values()
+        conn = link.conn
+        if isinstance(conn, AioConnection):
+            assert conn.transport is not None
+            sock = conn.transport.get_extra_info("socket")
+        else:
+            assert isinstance(conn, StreamConnection)
+            sock = conn.stream.extra(SocketAttribute.raw_socket)
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) != 0
 
 
 async def test_fan_out_to_several_subscribers() -> None:
