@@ -154,8 +154,6 @@ class Reason:
     STORAGE_UNAVAILABLE: Final = "Storage unavailable"
     #: Cluster mode: the shared backend (Redis) did not take the command.
     BACKEND_UNAVAILABLE: Final = "Backend unavailable"
-    #: Cluster mode: a feature the cluster does not offer (acknowledged delivery).
-    NOT_IN_CLUSTER: Final = "Not supported in cluster mode"
     #: A ``send`` to a name with a ``*`` or ``>`` token (see mqcore._subjects).
     SEND_TO_PATTERN: Final = "Cannot send to a pattern"
     #: A subscribe to a pattern with an empty token.
