@@ -3,22 +3,26 @@
 The hub hands every output to :meth:`ClusterNode.submit`, as it would to a
 committer. Theory of operation:
 
-- **Publishing.** An output with sends (``Output.publishes``) waits in a
-  queue; a writer task takes every queued output at once (a *flight*: one
-  script call per topic, the topic's messages in order). To a standalone
-  Redis it is pipelined (:mod:`._pipeline`): sent at once on one connection
-  without waiting for earlier flights' replies, and released, in order, when
-  its replies are in. To a Redis Cluster each topic's call goes to its shard
+- **Publishing.** Each output with sends (``Output.publishes``; the hub
+  submits one per loop turn) is a *flight*: one script call per topic, the
+  topic's messages in order. To a standalone Redis it is pipelined
+  (:mod:`._pipeline`): sent on one connection without waiting for earlier
+  flights' replies, and released, in order, when its replies are in. It is
+  sent at once, from the hub's flush, when the pipeline is connected and
+  has room and nothing waits before it; otherwise it waits in a queue, and
+  a writer task sends every queued output at once (after connecting, or
+  once replies make room). To a Redis Cluster each topic's call goes to its shard
   and the flight is answered before the next is sent. Outputs submitted
   meanwhile (with sends or not) queue behind, so nothing overtakes a reply.
   A topic whose script failed (or every unanswered topic, on a timeout or a
   lost connection: their outcome is unknown) has its senders' replies
   replaced by ``Backend unavailable``: a success is written only for a
   reply seen.
-- **Deliveries.** A listener task reads the sharded pub/sub channels of the
-  topics the core mirrors (straight from the connection on a standalone
-  Redis: :mod:`._pubsub`) and feeds each batch to the core, then flushes
-  the hub once per burst of messages.
+- **Deliveries.** The node hears the sharded pub/sub channels of the topics
+  the core mirrors and feeds each batch to the core, then flushes the hub
+  once per burst of messages: on a standalone Redis each read's messages,
+  in the read callback (:mod:`._pubsub`); on a Redis Cluster a listener task
+  polls redis-py's ``PubSub``.
 - **Work.** Mirror loads (after the channel is subscribed: then the load's
   snapshot and the live batches overlap, and the core drops the overlap),
   drops and returned ``one`` messages run in order in a worker task. Before
@@ -57,7 +61,7 @@ from .._commit import Committer
 from ._backend import CALL_TIMEOUT, Backend, BackendError
 from ._keys import TopicKeys, parse_batch
 from ._pipeline import PublishPipeline, group, refuse
-from ._pubsub import RawPubSub
+from ._pubsub import Heard, RawPubSub
 from ._registry import ANNOUNCE, TopicRegistry
 
 __all__ = ["HEARTBEAT", "ClusterNode"]
@@ -76,7 +80,7 @@ CLUSTER_POLL: Final = 0.005
 #: Seconds a channel's subscription may take to be confirmed (a Redis
 #: Cluster's pub/sub polls shards in turn, so it can take a few polls).
 SUBSCRIBE_TIMEOUT: Final = 5.0
-#: Pub/sub messages handled before the hub is flushed.
+#: Pub/sub messages of a Redis Cluster handled before the hub is flushed.
 BURST: Final = 256
 #: Handed ``one`` messages whose confirmation may wait for Redis to return.
 MAX_UNCONFIRMED: Final = 100_000
@@ -104,6 +108,9 @@ class ClusterNode(Committer):
         self.available = True
         self._queue: list[Output] = []
         self._in_flight = 0
+        # The writer took outputs from the queue and has not sent them yet
+        # (nothing may be sent past them).
+        self._holding = False
         self._nudge = anyio.Event()
         self._room = anyio.Event()
         self._idle = anyio.Event()
@@ -132,6 +139,14 @@ class ClusterNode(Committer):
         if not output.publishes and not self._queue and not self._in_flight:
             if output:
                 self._release(output)
+            return
+        pipeline = self._pipeline
+        if pipeline is not None and pipeline.ready and not self._queue and not self._holding:
+            # Sent from the hub's flush: no writer task wake-up on the way to Redis.
+            self._in_flight += 1
+            if self._idle.is_set():
+                self._idle = anyio.Event()
+            pipeline.send_now([output])
             return
         self._queue.append(output)
         if self._idle.is_set():
@@ -175,7 +190,7 @@ class ClusterNode(Committer):
         )
         try:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(pipeline.read_replies)
+                tg.start_soon(pipeline.watch)
                 while True:
                     await self._nudge.wait()
                     self._nudge = anyio.Event()
@@ -183,6 +198,7 @@ class ClusterNode(Committer):
                     if not batch:
                         continue
                     self._in_flight += len(batch)
+                    self._holding = True
                     if not self._backend.probed:
                         try:
                             await self._backend.connect()
@@ -197,6 +213,7 @@ class ClusterNode(Committer):
                         self._done(batch)
                     else:
                         await pipeline.send(batch)
+                    self._holding = False
         finally:
             await pipeline.aclose()
 
@@ -255,15 +272,10 @@ class ClusterNode(Committer):
         pubsub: Any
         if self._backend.cluster:
             pubsub = self._backend.redis.pubsub()
-            # A Redis Cluster's pub/sub polls each shard it subscribed on in turn,
-            # waiting up to the timeout on each: a short one there (see CLUSTER_POLL).
-            receive, wait = pubsub.get_sharded_message, CLUSTER_POLL
-        else:
-            pubsub = RawPubSub(self._backend.url)  # read straight from its connection
-            receive, wait = pubsub.get_message, HEARTBEAT
+        else:  # heard in the read callback (see ._pubsub)
+            pubsub = RawPubSub(self._backend.url, self._heard)
+            await pubsub.connect()
         try:
-            if not self._backend.cluster:
-                await pubsub.connect()
             # The announcements of new topics (and a connection to read from).
             await pubsub.ssubscribe(*self._channels, ANNOUNCE)
             self._pubsub = pubsub
@@ -271,34 +283,27 @@ class ClusterNode(Committer):
             self._broker.resync()
             self._flush()
             self._submit_work()
-            broker = self._broker
+            if not self._backend.cluster:
+                await pubsub.closed()  # raises why it closed
             while True:
-                message = await receive(timeout=wait)
-                handled = 0
+                # A Redis Cluster's pub/sub polls each shard it subscribed on in turn,
+                # waiting up to the timeout on each: a short one (see CLUSTER_POLL).
+                message = await pubsub.get_sharded_message(timeout=CLUSTER_POLL)
+                heard: list[Heard] = []
                 while message is not None:
                     kind = message["type"]
-                    if isinstance(kind, bytes):  # a cluster's pub/sub may give bytes
-                        kind = kind.decode("ascii", "replace")
-                    if kind == "smessage":
-                        topic = self._channels.get(message["channel"])
-                        if topic is not None:
-                            first, after, entries = parse_batch(message["data"])
-                            broker.deliver(topic, first, after, entries)
-                            handled += 1
-                        elif message["channel"] == ANNOUNCE:
-                            name = bytes(message["data"]).decode("utf-8", "surrogatepass")
-                            broker.pattern_mirrors.topic_created(name)
-                            handled += 1
-                    elif kind == "ssubscribe":
-                        event = self._confirmed.pop(message["channel"], None)
-                        if event is not None:
-                            event.set()
-                    if handled >= BURST:
+                    heard.append(
+                        (
+                            kind.encode("ascii") if isinstance(kind, str) else kind,
+                            message["channel"],
+                            message["data"],
+                        )
+                    )
+                    if len(heard) >= BURST:
                         break
-                    message = await receive(timeout=0)
-                if handled:
-                    self._flush()
-                    self._submit_work()
+                    message = await pubsub.get_sharded_message(timeout=0)
+                if heard:
+                    self._heard(heard)
         finally:
             if self._connected.is_set():
                 self._connected = anyio.Event()
@@ -311,6 +316,29 @@ class ClusterNode(Committer):
                 contextlib.suppress(RedisError, OSError),
             ):
                 await pubsub.aclose()
+
+    def _heard(self, messages: list[Heard]) -> None:
+        """Pub/sub messages, in order: batches to the core, then one flush."""
+        broker = self._broker
+        handled = False
+        for kind, channel, data in messages:
+            if kind == b"smessage":
+                topic = self._channels.get(channel)
+                if topic is not None:
+                    first, after, entries = parse_batch(data)
+                    broker.deliver(topic, first, after, entries)
+                    handled = True
+                elif channel == ANNOUNCE:
+                    name = bytes(data).decode("utf-8", "surrogatepass")
+                    broker.pattern_mirrors.topic_created(name)
+                    handled = True
+            elif kind == b"ssubscribe":
+                event = self._confirmed.pop(channel, None)
+                if event is not None:
+                    event.set()
+        if handled:
+            self._flush()
+            self._submit_work()
 
     def _submit_work(self) -> None:
         work = self._broker.take_work()

@@ -7,24 +7,30 @@ Theory of operation:
   sent and answers them in that order, so each *flight* (the outputs the
   node's writer took from its queue at once: one ``EVALSHA`` per topic, that
   topic's sends in order) is written as soon as it is formed, without waiting
-  for earlier replies, and one reader task matches replies to flights first
-  in, first out. A flight is released (its outputs handed back, in order)
+  for earlier replies, and replies are matched to flights first in, first
+  out. A flight is released (its outputs handed back, in order)
   once all its replies are in, after every earlier flight: replies keep the
   order the hub submitted them in, and a topic's batches take their indices
   in the order they were sent. A flight with no call (outputs that only wait
   behind others) is released right after the flight before it.
-- **Commands packed here.** The RESP of each call is built from a per-topic
-  prefix (command, script, keys, channel, cache size: packed once) plus the
-  batch's arguments; replies are read with redis-py's connection (its
-  hiredis parser). No per-call work of redis-py's command layer remains.
+- **Commands packed here, replies read in the loop's read callback.** The
+  RESP of each call is built from a per-topic prefix (command, script, keys,
+  channel, cache size: packed once) plus the batch's arguments. The
+  connection is a :class:`~._resp.RespLink`: replies are parsed (hiredis)
+  and matched as each read arrives, and the flights they complete are
+  released there and then, with no task in between. :meth:`PublishPipeline.send_now`
+  sends a flight synchronously (the node calls it from the hub's flush);
+  :meth:`PublishPipeline.send` is its waiting form (connecting, or waiting
+  for room).
 - **Bounds.** At most :data:`MAX_FLIGHTS` flights and
   :data:`MAX_FLIGHT_BYTES` bytes of commands are unanswered; past either, the
   writer waits for replies (and outputs queue in the node, whose bound
   pauses the readers: TCP then slows the senders).
 - **Timeouts.** The oldest unanswered flight must be answered within
-  :data:`CALL_TIMEOUT` of being sent, and a flight's commands must be taken
-  by the socket within as long (a Redis that stopped reading would hold
-  the writer).
+  :data:`CALL_TIMEOUT` of being sent (checked every :data:`WATCH_INTERVAL`
+  by :meth:`PublishPipeline.watch`). That also bounds a Redis that stopped
+  reading: its commands wait in the transport's buffer, counted in the
+  bytes bound, and get no reply.
 - **Failure.** A call answered with an error did nothing (a script does its
   topic's batch whole or not at all): its sends get ``Backend unavailable``
   and the node is told (:attr:`PublishPipeline.on_error`). A timeout, a lost
@@ -36,7 +42,8 @@ Theory of operation:
   all the same, and the sender, told it failed, may send it again: at least
   once, as with any broker whose acknowledgement was lost.) The connection is
   then aborted (commands still in its buffer are dropped, not sent late);
-  the next flight opens a new one.
+  the next flight opens a new one. An idle connection that closes (nothing
+  unanswered) is only forgotten: the next flight opens a new one.
 - **Scripts.** The publishing script is loaded (``SCRIPT LOAD``) on every
   connect. A ``NOSCRIPT`` reply (Redis flushed or lost its scripts but kept
   the connection) means that call did not run: its sends get ``Backend
@@ -48,27 +55,27 @@ Theory of operation:
 
 from __future__ import annotations
 
-import math
 import random
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 import anyio
-from redis.asyncio.connection import ConnectionPool
-from redis.exceptions import NoScriptError, ResponseError
 
 from mqcore import Output, Reason, error_reply
 from mqcore._cluster import TopicBatch
 
 from ._backend import CALL_TIMEOUT, BackendError
 from ._keys import TopicKeys
+from ._resp import RespLink, bulk, command, open_link
 from ._scripts import PUBLISH
 
 __all__ = [
     "MAX_FLIGHTS",
     "MAX_FLIGHT_BYTES",
+    "WATCH_INTERVAL",
     "Calls",
     "PublishPipeline",
     "group",
@@ -79,10 +86,13 @@ __all__ = [
 MAX_FLIGHTS: Final = 64
 #: Bytes of commands sent and not yet answered.
 MAX_FLIGHT_BYTES: Final = 8 << 20
+#: Seconds between two checks of the oldest unanswered flight's deadline.
+WATCH_INTERVAL: Final = CALL_TIMEOUT / 8
 #: Packed per-topic prefixes kept (cleared when more).
 _MAX_PREFIXES: Final = 100_000
 
 _BACKEND_UNAVAILABLE: Final = error_reply(Reason.BACKEND_UNAVAILABLE)
+_LOAD_SCRIPT: Final = command(b"SCRIPT", b"LOAD", PUBLISH.encode())
 
 #: Each topic's batches, in order, and the output each came from.
 Calls = dict[str, tuple[list[TopicBatch], list[Output]]]
@@ -108,8 +118,8 @@ def refuse(batches: list[TopicBatch], owners: list[Output]) -> None:
             output.writes[cid][position] = _BACKEND_UNAVAILABLE
 
 
-def _bulk(value: bytes) -> bytes:
-    return b"$%d\r\n%s\r\n" % (len(value), value)
+def _has_sends(outputs: list[Output]) -> bool:
+    return any(output.publishes for output in outputs)
 
 
 @dataclass(slots=True, eq=False)
@@ -119,10 +129,11 @@ class _Flight:
     outputs: list[Output]
     calls: list[tuple[list[TopicBatch], list[Output]]]
     size: int
+    #: Replies it waits for (its calls, and a SCRIPT LOAD's sent first).
+    expected: int = 0
     #: A SCRIPT LOAD was sent first: its reply comes before the calls'.
     load: bool = False
-    conn: Any = None
-    deadline: float = math.inf
+    deadline: float = 0.0
     replies: list[Any] = field(default_factory=list)
 
 
@@ -143,25 +154,22 @@ class PublishPipeline:
         on_error: Callable[[BaseException], None],
         created: Callable[[list[str]], None],
     ) -> None:
-        self._pool: Any = ConnectionPool.from_url(
-            url,
-            socket_connect_timeout=CALL_TIMEOUT,
-            socket_timeout=None,  # bounded here instead (redis-py's costs a task per send)
-            health_check_interval=0,
-            protocol=2,
-        )
+        self._url = url
         self._cache_size = b"%d" % cache_size
         self._release = release
         self.on_error = on_error
         self._created = created
-        self._conn: Any = None
+        self._link: RespLink | None = None
         self._sha = b""
-        self._reload = True
+        self._reload = False
         self._prefixes: dict[str, bytes] = {}
+        #: Flights not yet released, in order (sent, or waiting behind those).
         self._flights: deque[_Flight] = deque()
+        #: Flights sent whose replies are not all in, in order.
+        self._awaiting: deque[_Flight] = deque()
         self._bytes = 0
-        self._sent = anyio.Event()
         self._room = anyio.Event()
+        self._room_wanted = False
         self._random = random.Random()
 
     # -- the writer's side -----------------------------------------------------------
@@ -169,6 +177,12 @@ class PublishPipeline:
     @property
     def full(self) -> bool:
         return len(self._flights) >= MAX_FLIGHTS or self._bytes >= MAX_FLIGHT_BYTES
+
+    @property
+    def ready(self) -> bool:
+        """Whether :meth:`send_now` may be called: connected, and within the bounds."""
+        link = self._link
+        return link is not None and not link.closing and not self.full
 
     @property
     def in_flight(self) -> int:
@@ -181,47 +195,48 @@ class PublishPipeline:
         return self._bytes
 
     async def send(self, outputs: list[Output]) -> None:
-        """Send ``outputs``' script calls; they are released once answered (or refused)."""
+        """Send ``outputs``' script calls once there is room, connecting first if needed."""
         while self.full:
+            self._room_wanted = True
             await self._room.wait()
+        link = self._link
+        if link is not None and link.closing and not self._awaiting:
+            self._link = None  # closed while idle (Redis's client timeout?): connect again
+            link.abort()
+        if self._link is None and _has_sends(outputs):
+            try:
+                await self._connect()
+            except Exception as exc:  # could not connect: nothing was sent
+                calls = group(outputs)
+                self._flights.append(_Flight(outputs, list(calls.values()), 0))
+                self._fail(None, exc)
+                return
+        self.send_now(outputs)
+
+    def send_now(self, outputs: list[Output]) -> None:
+        """Send ``outputs``' script calls now (:attr:`ready`, or no sends among them)."""
         calls = group(outputs)
         if not calls:
-            if not self._flights:
-                self._release(outputs)
+            if self._flights:
+                self._flights.append(_Flight(outputs, [], 0))
             else:
-                self._push(_Flight(outputs, [], 0))
+                self._release(outputs)
             return
-        conn = self._conn
-        try:
-            if conn is None:
-                conn = await self._connect()
-            packed = [self._pack(topic, batches) for topic, (batches, _) in calls.items()]
-            flight = _Flight(outputs, list(calls.values()), sum(map(len, packed)), self._reload)
-            if self._reload:
-                packed.insert(0, b"*3\r\n$6\r\nSCRIPT\r\n$4\r\nLOAD\r\n" + _bulk(PUBLISH.encode()))
-                self._reload = False
-        except Exception as exc:  # could not connect: nothing was sent
-            flight = _Flight(outputs, list(calls.values()), 0)
-            self._push(flight)
-            self._fail(conn, exc)
-            return
-        flight.conn = conn
-        flight.deadline = anyio.current_time() + CALL_TIMEOUT
-        self._push(flight)
-        try:
-            # Bounded: a Redis that stopped reading would hold the writer at drain().
-            with anyio.move_on_after(CALL_TIMEOUT) as scope:
-                await conn.send_packed_command(packed, check_health=False)
-        except Exception as exc:  # whatever the socket raised: the outcome is unknown
-            self._fail(conn, exc)
-            return
-        if scope.cancelled_caught:
-            self._fail(conn, BackendError(f"Redis took no command within {CALL_TIMEOUT} s"))
-
-    def _push(self, flight: _Flight) -> None:
+        link = self._link
+        packed = [self._pack(topic, batches) for topic, (batches, _) in calls.items()]
+        flight = _Flight(outputs, list(calls.values()), sum(map(len, packed)), len(calls))
+        if self._reload:
+            packed.insert(0, _LOAD_SCRIPT)
+            self._reload = False
+            flight.load = True
+            flight.expected += 1
+        flight.deadline = time.monotonic() + CALL_TIMEOUT
         self._flights.append(flight)
         self._bytes += flight.size
-        self._sent.set()
+        if link is None or not link.write(packed):
+            self._fail(link, BackendError("the connection to Redis is closed"))
+            return
+        self._awaiting.append(flight)
 
     def _pack(self, topic: str, batches: list[TopicBatch]) -> bytes:
         prefix = self._prefixes.get(topic)
@@ -232,10 +247,10 @@ class PublishPipeline:
             # EVALSHA, sha, key count, the keys, then 7 arguments (2 here, 5 below).
             count = len(keys.keys)
             prefix = self._prefixes[topic] = b"".join(
-                [b"*%d\r\n$7\r\nEVALSHA\r\n" % (10 + count), _bulk(self._sha)]
-                + [_bulk(b"%d" % count)]
-                + [_bulk(key) for key in keys.keys]
-                + [_bulk(keys.channel), _bulk(self._cache_size)]
+                [b"*%d\r\n$7\r\nEVALSHA\r\n" % (10 + count), bulk(self._sha)]
+                + [bulk(b"%d" % count)]
+                + [bulk(key) for key in keys.keys]
+                + [bulk(keys.channel), bulk(self._cache_size)]
             )
         if len(batches) == 1:
             kinds = "".join(batches[0].kinds).encode("ascii")
@@ -247,7 +262,7 @@ class PublishPipeline:
         return b"".join(
             (
                 prefix,
-                _bulk(seed),
+                bulk(seed),
                 b"$1\r\nn\r\n$0\r\n\r\n$%d\r\n" % len(kinds),
                 kinds,
                 b"\r\n$%d\r\n" % (len(heads) + 1),
@@ -256,63 +271,36 @@ class PublishPipeline:
             )
         )
 
-    async def _connect(self) -> Any:
-        conn = self._pool.make_connection()
-        try:
-            with anyio.fail_after(CALL_TIMEOUT):
-                await conn.connect()
-                await conn.send_command("SCRIPT", "LOAD", PUBLISH)
-                sha = await conn.read_response()
-        except BaseException:
-            with anyio.move_on_after(CALL_TIMEOUT, shield=True):
-                await conn.disconnect(nowait=True)
-            raise
+    async def _connect(self) -> None:
+        link, (sha,) = await open_link(
+            self._url, self._received, self._lost, [("SCRIPT", "LOAD", PUBLISH)]
+        )
         sha = sha if isinstance(sha, bytes) else str(sha).encode("ascii")
         if sha != self._sha:
             self._sha = sha
             self._prefixes.clear()
-        self._conn = conn
+        self._link = link
         self._reload = False
-        return conn
 
-    # -- the reader's side -----------------------------------------------------------
+    # -- the replies' side -----------------------------------------------------------
 
-    async def read_replies(self) -> None:
-        """Match replies to flights and release them in order, until cancelled."""
-        while True:
-            while not self._flights:
-                await self._sent.wait()
-                self._sent = anyio.Event()
-            flight = self._flights[0]
-            if flight.conn is not None and len(flight.replies) < len(flight.calls) + flight.load:
-                await self._read(flight)
-            if self._flights and self._flights[0] is flight:
-                self._land(flight)
-
-    async def _read(self, flight: _Flight) -> None:
-        conn = flight.conn
-        expected = len(flight.calls) + flight.load
-        replies = flight.replies
-        failure: BaseException | None = None
-        with anyio.CancelScope(deadline=flight.deadline) as scope:
-            try:
-                while len(replies) < expected:
-                    try:
-                        replies.append(await conn.read_response(disconnect_on_error=False))
-                    except ResponseError as exc:  # an error reply: the connection is fine
-                        replies.append(exc)
-            except Exception as exc:  # whatever the client raised: the connection is lost
-                failure = exc
-        if scope.cancelled_caught:
-            failure = BackendError(f"no reply from Redis within {CALL_TIMEOUT} s")
-        if failure is not None:
-            self._fail(conn, failure)
-            with anyio.move_on_after(CALL_TIMEOUT, shield=True):
-                await conn.disconnect(nowait=True)
+    def _received(self, replies: list[Any]) -> None:
+        """One read's replies: matched to the flights awaiting them, in order."""
+        awaiting = self._awaiting
+        for reply in replies:
+            if not awaiting:
+                self._fail(self._link, BackendError(f"a reply nothing asked for: {reply!r:.80}"))
+                return
+            flight = awaiting[0]
+            flight.replies.append(reply)
+            if len(flight.replies) == flight.expected:
+                awaiting.popleft()
+        flights = self._flights
+        while flights and len(flights[0].replies) == flights[0].expected:
+            self._land(flights.popleft())
 
     def _land(self, flight: _Flight) -> None:
-        """Release the answered ``flight`` (refusing what failed); it is the oldest."""
-        self._flights.popleft()
+        """Release the answered ``flight`` (refusing what failed); it was the oldest."""
         self._bytes -= flight.size
         replies = flight.replies[1:] if flight.load else flight.replies
         error: BaseException | None = None
@@ -320,60 +308,70 @@ class PublishPipeline:
         for (batches, owners), reply in zip(flight.calls, replies, strict=True):
             if reply == 0:  # its first index: the topic is new
                 new.append(batches[0].topic)
-            elif isinstance(reply, Exception):
+            elif isinstance(reply, Exception):  # an error reply: that script did nothing
                 refuse(batches, owners)
-                if isinstance(reply, NoScriptError):
+                if str(reply).startswith("NOSCRIPT"):
                     self._reload = True
                 elif error is None:
                     error = reply
         if new:
             self._created(new)
         self._release(flight.outputs)
-        self._room.set()
-        self._room = anyio.Event()
+        self._wake_writer()
         if error is not None:
             self.on_error(error)
 
-    def _fail(self, conn: Any, exc: BaseException) -> None:
-        """``conn`` failed: every flight not yet answered is refused, in order.
+    def _lost(self, link: RespLink, why: BaseException) -> None:
+        if link is not self._link:
+            return  # already failed, or let go
+        if self._awaiting:
+            self._fail(link, why)
+        else:  # idle: forgotten (the next flight connects again)
+            self._link = None
 
-        ``conn`` is aborted: commands it still buffers are dropped, not sent
+    async def watch(self) -> None:
+        """Fail every unanswered flight once the oldest is late; until cancelled."""
+        while True:
+            await anyio.sleep(WATCH_INTERVAL)
+            if self._awaiting and self._awaiting[0].deadline <= time.monotonic():
+                self._fail(self._link, BackendError(f"no reply from Redis within {CALL_TIMEOUT} s"))
+
+    def _fail(self, link: RespLink | None, exc: BaseException) -> None:
+        """``link`` failed: every flight not yet answered is refused, in order.
+
+        ``link`` is aborted: commands it still buffers are dropped, not sent
         to Redis later (their senders are told they failed).
         """
-        if conn is not None and conn is not self._conn:
+        if link is not self._link:
             return  # an older connection, already failed
-        if conn is not None:
-            _abort(conn)
-        self._conn = None
+        self._link = None
+        if link is not None:
+            link.abort(exc)
         self._reload = True
-        failed, self._flights = self._flights, deque()
+        failed, self._flights, self._awaiting = self._flights, deque(), deque()
         self._bytes = 0
         for flight in failed:
             for batches, owners in flight.calls:
                 refuse(batches, owners)
             self._release(flight.outputs)
-        self._room.set()
-        self._room = anyio.Event()
+        self._wake_writer()
         self.on_error(exc)
+
+    def _wake_writer(self) -> None:
+        if self._room_wanted:
+            self._room_wanted = False
+            self._room.set()
+            self._room = anyio.Event()
 
     def reconnect(self) -> None:
         """Drop an idle connection (Redis was lost since it was made): the next flight
         opens a new one, rather than failing on the old socket first."""
-        if self._conn is not None and not self._flights:
-            _abort(self._conn)
-            self._conn = None
-            self._reload = True
+        link = self._link
+        if link is not None and not self._flights:
+            self._link = None
+            link.abort()
 
     async def aclose(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            with anyio.move_on_after(CALL_TIMEOUT, shield=True):
-                await conn.disconnect(nowait=True)
-
-
-def _abort(conn: Any) -> None:
-    """Close ``conn``'s socket now, dropping what it buffers (redis-py's close would send it)."""
-    writer = getattr(conn, "_writer", None)
-    transport = getattr(writer, "transport", None)
-    if transport is not None:
-        transport.abort()
+        link, self._link = self._link, None
+        if link is not None:
+            link.abort()

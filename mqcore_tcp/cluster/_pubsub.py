@@ -1,69 +1,80 @@
-"""Sharded pub/sub on one connection to a standalone Redis, read straight from the connection.
+"""Sharded pub/sub on one connection to a standalone Redis, read in the loop's read callback.
 
-The node's listener reads every published batch; redis-py's ``PubSub`` layer
-costs it a retry wrapper, a health check and a parse into a dict per message
-(half of a node's CPU at 5,000 one-message batches a second).
-:class:`RawPubSub` keeps the subset of ``PubSub``'s interface the node uses
-(:meth:`~RawPubSub.ssubscribe`, :meth:`~RawPubSub.sunsubscribe`,
-:meth:`~RawPubSub.get_message`, :meth:`~RawPubSub.aclose`) over one
-connection of redis-py's (its URL handling, AUTH, TLS and hiredis parser),
-sending the commands and reading the replies itself. Replies are RESP2 (the
-protocol is pinned): ``[kind, channel, payload]`` arrays. A Redis Cluster
-keeps redis-py's ``PubSub`` (it follows the slots to their shards).
+The node's listener hears every published batch. redis-py's ``PubSub`` layer
+costs a retry wrapper, a health check and a parse into a dict per message,
+and a task wake-up per read (together, half of a node's CPU at 5,000
+one-message batches a second). :class:`RawPubSub` is a
+:class:`~._resp.RespLink` (redis-py opens it: URL, AUTH, TLS): each read's
+messages go to the node's ``heard`` callback at once, as ``(kind, channel,
+data)`` tuples of bytes, and the node flushes its hub once per read. A
+Redis Cluster keeps redis-py's ``PubSub`` (it follows the slots to their
+shards).
 
-Every wait is bounded: a subscribe's send by :data:`CALL_TIMEOUT`, a read by
-the caller's timeout (``None`` back when nothing came).
+A reply that is not a three-element pub/sub array (an error, say: a Redis
+without sharded pub/sub) closes the connection, and :meth:`RawPubSub.closed`
+raises why: the listener then reconnects as after any loss.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import anyio
-from redis.asyncio.connection import ConnectionPool
 
-from ._backend import CALL_TIMEOUT
+from ._backend import BackendError
+from ._resp import RespLink, command, open_link
 
-__all__ = ["RawPubSub"]
+__all__ = ["Heard", "RawPubSub"]
+
+#: One pub/sub message: its kind (``smessage``, ``ssubscribe``...), channel and data.
+Heard = tuple[bytes, bytes, Any]
 
 
 class RawPubSub:
     """One pub/sub connection to a standalone Redis (see the module's docstring)."""
 
-    def __init__(self, url: str) -> None:
-        pool: Any = ConnectionPool.from_url(
-            url,
-            socket_connect_timeout=CALL_TIMEOUT,
-            socket_timeout=CALL_TIMEOUT,
-            health_check_interval=0,
-            protocol=2,
-        )
-        self._conn: Any = pool.make_connection()
+    def __init__(self, url: str, heard: Callable[[list[Heard]], None]) -> None:
+        self._url = url
+        self._heard = heard
+        self._link: RespLink | None = None
+        self._closed = anyio.Event()
+        self._why: BaseException = BackendError("not connected")
 
     async def connect(self) -> None:
-        with anyio.fail_after(CALL_TIMEOUT):
-            await self._conn.connect()
+        self._link, _ = await open_link(self._url, self._received, self._lost)
 
     async def ssubscribe(self, *channels: bytes) -> None:
-        await self._send("SSUBSCRIBE", channels)
+        self._send(b"SSUBSCRIBE", channels)
 
     async def sunsubscribe(self, *channels: bytes) -> None:
-        await self._send("SUNSUBSCRIBE", channels)
+        self._send(b"SUNSUBSCRIBE", channels)
 
-    async def _send(self, command: str, channels: tuple[bytes, ...]) -> None:
-        with anyio.fail_after(CALL_TIMEOUT):
-            await self._conn.send_command(command, *channels, check_health=False)
+    def _send(self, name: bytes, channels: tuple[bytes, ...]) -> None:
+        if self._link is None or not self._link.write([command(name, *channels)]):
+            raise BackendError("the pub/sub connection is closed")
 
-    async def get_message(self, timeout: float) -> dict[str, Any] | None:  # noqa: ASYNC109
-        # (the signature of redis-py's PubSub.get_message, which the listener also calls)
-        """The next message (``type``, ``channel``, ``data``), or None after ``timeout`` s."""
-        reply = await self._conn.read_response(timeout=timeout, disconnect_on_error=False)
-        if reply is None:
-            return None
-        if not isinstance(reply, list) or len(reply) != 3:
-            raise ConnectionError(f"unexpected pub/sub reply {reply!r:.80}")
-        kind, channel, data = reply
-        return {"type": kind.decode("ascii", "replace"), "channel": channel, "data": data}
+    async def closed(self) -> None:
+        """Wait until the connection is lost; raise why."""
+        await self._closed.wait()
+        raise self._why
 
     async def aclose(self) -> None:
-        await self._conn.disconnect(nowait=True)
+        if self._link is not None:
+            self._link.abort()
+
+    def _received(self, replies: list[Any]) -> None:
+        messages: list[Heard] = []
+        for reply in replies:
+            if not isinstance(reply, list) or len(reply) != 3:
+                if messages:
+                    self._heard(messages)
+                if self._link is not None:
+                    self._link.abort(BackendError(f"unexpected pub/sub reply {reply!r:.80}"))
+                return
+            messages.append((reply[0], reply[1], reply[2]))
+        self._heard(messages)
+
+    def _lost(self, link: RespLink, why: BaseException) -> None:
+        self._why = why
+        self._closed.set()

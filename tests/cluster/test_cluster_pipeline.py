@@ -85,7 +85,7 @@ async def running(redis: RedisServer, released: Released) -> AsyncIterator[Publi
     )
     try:
         async with anyio.create_task_group() as tg:
-            tg.start_soon(pipeline.read_replies)
+            tg.start_soon(pipeline.watch)
             yield pipeline
             tg.cancel_scope.cancel()
     finally:
@@ -256,3 +256,30 @@ def test_senders_on_one_node_get_their_replies_in_order(redis_server: RedisServe
             for n in range(4):
                 order = [int(m["msg"].split(".")[1]) for m in mine if m["msg"].startswith(f"s{n}.")]
                 assert order == list(range(k, 1000, 2))
+
+
+def _client_ids(redis: RedisServer, command: str) -> list[str]:
+    """The ids of Redis's clients whose last command was ``command``."""
+    listing = redis.command("CLIENT", "LIST")
+    assert isinstance(listing, bytes)
+    rows = [dict(f.split("=", 1) for f in row.split(" ")) for row in listing.decode().splitlines()]
+    return [row["id"] for row in rows if row["cmd"] == command]
+
+
+def test_an_idle_pipeline_connection_closed_by_redis_is_replaced(
+    redis_server: RedisServer,
+) -> None:
+    """Redis drops the idle publishing connection (a client timeout, say): the next send
+    opens a new one and succeeds; nothing is refused and the node stays available."""
+    with nodes(redis_server.url, 1) as (a,):
+        sender = Peer(a.port)
+        sender.send(line(send("idle", "before")))
+        assert sender.lines(1) == [OK]
+        (pipeline,) = _client_ids(redis_server, "evalsha")
+        assert redis_server.command("CLIENT", "KILL", "ID", pipeline) == 1
+        for i in range(3):
+            sender.send(line(send("idle", f"after{i}")))
+            assert sender.lines(1) == [OK]
+        after = _client_ids(redis_server, "evalsha")
+        assert after
+        assert pipeline not in after
