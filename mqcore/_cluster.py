@@ -282,18 +282,23 @@ class ClusterBroker(ClusterAcks):
         return mirror
 
     def _unsubscribe(self, conn: Connection, command: Unsubscribe) -> None:
+        if command.topic in self._table.patterns.by_connection.get(conn, ()):
+            self.pattern_mirrors.removing([command.topic])
         super()._unsubscribe(conn, command)
         self._left([command.topic])
 
     def connection_lost(self, cid: ConnectionId) -> None:
         conn = self._connections.get(cid)
         names = [] if conn is None else list(conn.topics)
+        if conn is not None:
+            self.pattern_mirrors.removing(self._table.patterns.by_connection.get(conn, ()))
         self._held.pop(cid, None)
         super().connection_lost(cid)
         self._left(names)
 
     def _end(self, conn: Connection) -> None:
         names = list(conn.topics)
+        self.pattern_mirrors.removing(self._table.patterns.by_connection.get(conn, ()))
         super()._end(conn)
         self._left(names)
 

@@ -30,6 +30,16 @@ sent to, bounded; see ``mqcore_tcp.cluster._registry``) and from its
   subscribers (each once), cached per pattern-table generation, so a batch
   pays a trie walk only after a pattern change. They count as the topic's
   local subscribers for picking this node for ``one`` messages.
+- **Cost of a pattern change.** Only a removal can release a mirror, and only
+  one the removed pattern matched: the broker records the patterns it removes
+  (:meth:`PatternMirrors.removing`) and the next check (:meth:`released`)
+  rechecks the mirrored names they match, found in a trie of those names, not
+  every name. The table's generation and count say how many removals there
+  were (each change bumps the generation, a subscribe adds one to the count, a
+  removal takes one): if more than were recorded (a removal by another path),
+  or more than ``_REMOVED_BOUND`` were, every name is checked once. Whether a
+  waiting subscribe wants a name is a count per name, so a check is O(1) plus
+  one trie match.
 - **Bounds.** Mirrors opened for patterns are at most ``max_topics`` (the
   single-node limit on topics and on pattern subscriptions): a subscribe whose
   matches would pass it is refused with ``Too many topics`` (nothing
@@ -40,12 +50,12 @@ sent to, bounded; see ``mqcore_tcp.cluster._registry``) and from its
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from ._connection import Connection
 from ._protocol import REFUSED, SUCCESS, Reason, Subscribe
-from ._subjects import is_pattern, matches
+from ._subjects import MULTI, SINGLE, is_pattern, matches
 
 if TYPE_CHECKING:
     from ._cluster import ClusterBroker
@@ -53,6 +63,8 @@ if TYPE_CHECKING:
 
 __all__ = ["PatternMirrors"]
 
+#: Removed patterns recorded between two checks; past it, every name is checked once.
+_REMOVED_BOUND = 64
 
 
 class _Wait:
@@ -71,6 +83,92 @@ class _Wait:
         self.ones: dict[str, list[Delivered]] = {}
 
 
+class _NameNode:
+    __slots__ = ("children", "here")
+
+    def __init__(self) -> None:
+        self.children: dict[str, _NameNode] = {}
+        self.here = False
+
+
+class _Names:
+    """Topic names in a trie by token: the ones a pattern matches, found without visiting others."""
+
+    __slots__ = ("_root", "_set")
+
+    def __init__(self) -> None:
+        self._root = _NameNode()
+        self._set: set[str] = set()
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._set
+
+    def __len__(self) -> int:
+        return len(self._set)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._set)
+
+    def add(self, name: str) -> None:
+        if name in self._set:
+            return
+        self._set.add(name)
+        node = self._root
+        for token in name.split("."):
+            child = node.children.get(token)
+            if child is None:
+                child = node.children[token] = _NameNode()
+            node = child
+        node.here = True
+
+    def discard(self, name: str) -> None:
+        if name not in self._set:
+            return
+        self._set.discard(name)
+        tokens = name.split(".")
+        path = [self._root]
+        for token in tokens:
+            path.append(path[-1].children[token])
+        path[-1].here = False
+        # Prune the branch back up to the first node still in use.
+        for depth in range(len(tokens), 0, -1):
+            node = path[depth]
+            if node.here or node.children:
+                break
+            del path[depth - 1].children[tokens[depth - 1]]
+
+    def matching(self, pattern: str) -> list[str]:
+        """The names ``pattern`` (well formed) matches."""
+        level: list[tuple[str, _NameNode]] = [("", self._root)]
+        found: list[str] = []
+        for token in pattern.split("."):
+            if token == MULTI:
+                # One or more further tokens: every name below these nodes.
+                stack = [(_join(p, t), c) for p, n in level for t, c in n.children.items()]
+                while stack:
+                    prefix, node = stack.pop()
+                    if node.here:
+                        found.append(prefix)
+                    stack.extend((prefix + "." + t, c) for t, c in node.children.items())
+                return found
+            if token == SINGLE:
+                level = [(_join(p, t), c) for p, n in level for t, c in n.children.items()]
+            else:
+                level = [
+                    (_join(p, token), c)
+                    for p, n in level
+                    if (c := n.children.get(token)) is not None
+                ]
+            if not level:
+                return found
+        found.extend(prefix for prefix, node in level if node.here)
+        return found
+
+
+def _join(prefix: str, token: str) -> str:
+    return prefix + "." + token if prefix else token
+
+
 class PatternMirrors:
     """The pattern side of a :class:`~mqcore._cluster.ClusterBroker` (see this module)."""
 
@@ -78,8 +176,11 @@ class PatternMirrors:
         "_announced",
         "_broker",
         "_checked",
+        "_count",
+        "_removed",
         "_targets",
         "_waits",
+        "_wanted",
         "limit",
         "names",
         "skipped",
@@ -90,11 +191,17 @@ class PatternMirrors:
         #: At most this many mirrors opened for patterns.
         self.limit = broker.max_topics
         #: The topics mirrored because a pattern wants them.
-        self.names: set[str] = set()
+        self.names = _Names()
         #: Announced topics a pattern matched but the bound kept from being mirrored.
         self.skipped = 0
         self._waits: list[_Wait] = []
-        self._checked = 0  # the pattern table's generation when names were last checked
+        #: How many waiting subscribes want each topic (what keeps() reads).
+        self._wanted: dict[str, int] = {}
+        # The pattern table's generation and count when names were last checked,
+        # and the patterns removed since (None: too many, check every name).
+        self._checked = broker._table.patterns.generation
+        self._count = broker._table.patterns.count
+        self._removed: list[str] | None = []
         self._targets: dict[str, tuple[int, list[Connection]]] = {}
         self._announced: set[str] = set()  # announced topics whose first load is under way
 
@@ -121,7 +228,7 @@ class PatternMirrors:
 
         False forgets it here: the broker drops its mirror.
         """
-        if any(name in wait.wanted for wait in self._waits):
+        if name in self._wanted:
             return True
         patterns = self._broker._table.patterns
         if patterns.count and patterns.match(name):
@@ -130,13 +237,36 @@ class PatternMirrors:
         self._targets.pop(name, None)
         return False
 
+    def removing(self, patterns: Iterable[str]) -> None:
+        """The broker is about to remove subscriptions to ``patterns`` (each one removal)."""
+        removed = self._removed
+        if removed is None:
+            return
+        removed.extend(patterns)
+        if len(removed) > _REMOVED_BOUND:
+            self._removed = None
+
     def released(self) -> list[str]:
-        """The pattern mirrors to check again after a pattern change (none if nothing changed)."""
-        generation = self._broker._table.patterns.generation
-        if generation == self._checked or not self.names:
+        """The pattern mirrors to check again after pattern removals (none if nothing changed)."""
+        patterns = self._broker._table.patterns
+        changes = patterns.generation - self._checked
+        if not changes:
             return []
-        self._checked = generation
-        return list(self.names)
+        # changes = subscribes + removals; count moved by subscribes - removals.
+        removals = (changes - (patterns.count - self._count)) // 2
+        removed, self._removed = self._removed, []
+        self._checked, self._count = patterns.generation, patterns.count
+        if not removals or not self.names:
+            return []
+        if removed is None or removals > len(removed):
+            return list(self.names)
+        names = self.names
+        if len(removed) == 1:
+            return names.matching(removed[0])
+        found: dict[str, None] = {}
+        for pattern in removed:
+            found.update(dict.fromkeys(names.matching(pattern)))
+        return list(found)
 
     def targets(self, name: str) -> list[Connection]:
         """The local pattern subscribers of topic ``name`` (which has no exact subscriber here)."""
@@ -208,6 +338,9 @@ class PatternMirrors:
                 continue
             wait.names = names
             wait.wanted = set(names)
+            wanted = self._wanted
+            for name in wait.wanted:
+                wanted[name] = wanted.get(name, 0) + 1
             for name in names:
                 mirror = mirrors.get(name)
                 if mirror is None:
@@ -260,7 +393,7 @@ class PatternMirrors:
         """Subscribe ``wait``'s connection once every mirror it needs is loaded."""
         if wait.names is None or wait.loading:
             return
-        self._waits.remove(wait)
+        self._end_wait(wait)
         broker = self._broker
         conn = wait.conn
         if broker._connections.get(conn.id) is not conn or conn.closing:
@@ -283,10 +416,21 @@ class PatternMirrors:
 
     def _refuse(self, wait: _Wait, reply: bytes, *, waiting: bool = True) -> None:
         if waiting:
-            self._waits.remove(wait)
+            self._end_wait(wait)
         self._broker._fail(wait.conn, reply)
         self._give_back(wait)
         self._broker._resume(wait.conn)
+
+    def _end_wait(self, wait: _Wait) -> None:
+        """``wait`` is no longer waiting: it keeps no topic mirrored any more."""
+        self._waits.remove(wait)
+        wanted = self._wanted
+        for name in wait.wanted:
+            left = wanted[name] - 1
+            if left:
+                wanted[name] = left
+            else:
+                del wanted[name]
 
     def _give_back(self, wait: _Wait) -> None:
         """Return the ``one`` messages ``wait`` took; drop mirrors nobody wants now."""
