@@ -43,6 +43,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Final
 
+from ._auth import Permissions
 from ._broker import Output
 from ._cluster_acks import ClusterAcks, ClusterWorkQueues
 from ._cluster_batch import ClusterWork, Delivered, Mirror, TopicBatch
@@ -301,6 +302,15 @@ class ClusterBroker(ClusterAcks):
         self.pattern_mirrors.removing(self._table.patterns.by_connection.get(conn, ()))
         super()._end(conn)
         self._left(names)
+
+    def set_permissions(self, cid: ConnectionId, permissions: Permissions | None) -> None:
+        conn = self._connections.get(cid)
+        names = [] if conn is None else list(conn.topics)
+        super().set_permissions(cid, permissions)
+        # The subscriptions the new permissions dropped (exact ones, and patterns:
+        # counted by the pattern table, rechecked by the mirrors) may free mirrors.
+        if permissions is not None and conn is not None:
+            self._left([name for name in names if name not in conn.topics])
 
     # -- helpers ------------------------------------------------------------------------
 

@@ -183,6 +183,7 @@ class PatternMirrors:
         "_wanted",
         "limit",
         "names",
+        "rechecked",
         "skipped",
     )
 
@@ -194,6 +195,8 @@ class PatternMirrors:
         self.names = _Names()
         #: Announced topics a pattern matched but the bound kept from being mirrored.
         self.skipped = 0
+        #: Mirrored names checked again after pattern removals, in all (the cost of churn).
+        self.rechecked = 0
         self._waits: list[_Wait] = []
         #: How many waiting subscribes want each topic (what keeps() reads).
         self._wanted: dict[str, int] = {}
@@ -258,15 +261,18 @@ class PatternMirrors:
         self._checked, self._count = patterns.generation, patterns.count
         if not removals or not self.names:
             return []
-        if removed is None or removals > len(removed):
-            return list(self.names)
         names = self.names
-        if len(removed) == 1:
-            return names.matching(removed[0])
-        found: dict[str, None] = {}
-        for pattern in removed:
-            found.update(dict.fromkeys(names.matching(pattern)))
-        return list(found)
+        if removed is None or removals > len(removed):
+            found = list(names)
+        elif len(removed) == 1:
+            found = names.matching(removed[0])
+        else:
+            unique: dict[str, None] = {}
+            for pattern in removed:
+                unique.update(dict.fromkeys(names.matching(pattern)))
+            found = list(unique)
+        self.rechecked += len(found)
+        return found
 
     def targets(self, name: str) -> list[Connection]:
         """The local pattern subscribers of topic ``name`` (which has no exact subscriber here)."""

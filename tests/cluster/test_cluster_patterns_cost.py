@@ -8,12 +8,8 @@ name times every waiting pattern subscribe.
 
 from __future__ import annotations
 
-import pytest
-
-import mqcore._cluster_patterns as cluster_patterns
-from mqcore import ConnectionId
+from mqcore import ConnectionId, Permissions
 from mqcore._cluster import ClusterBroker
-from mqcore._patterns import PatternTable
 
 from ..wire import OK, line, parse, sub, unsub
 
@@ -98,31 +94,7 @@ def test_a_removal_the_broker_did_not_record_checks_every_name() -> None:
     assert sorted(_unsubscribe(broker, other, "x.y")) == ["t.a", "t.b"]
 
 
-@pytest.fixture
-def counted(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
-    """Calls of the per-name checks of a release: keeps() and the pattern trie's match()."""
-    if not cluster_patterns.__file__.endswith(".py"):
-        pytest.skip("counting wraps pure-Python methods (the core here is compiled)")
-    calls = {"keeps": 0, "match": 0}
-    keeps = cluster_patterns.PatternMirrors.keeps
-    match = PatternTable.match
-
-    def counting_keeps(self: cluster_patterns.PatternMirrors, name: str) -> bool:
-        calls["keeps"] += 1
-        return keeps(self, name)
-
-    def counting_match(self: PatternTable, name: str) -> dict[object, None]:
-        calls["match"] += 1
-        return match(self, name)  # type: ignore[return-value]
-
-    monkeypatch.setattr(cluster_patterns.PatternMirrors, "keeps", counting_keeps)
-    monkeypatch.setattr(PatternTable, "match", counting_match)
-    return calls
-
-
-def test_pattern_churn_rechecks_only_the_names_the_removed_pattern_matched(
-    counted: dict[str, int],
-) -> None:
+def test_pattern_churn_rechecks_only_the_names_the_removed_pattern_matched() -> None:
     broker = _broker()
     owner, churner = broker.open_connection(), broker.open_connection()
     topics = [f"{prefix}.{i}" for prefix in ("t", "u") for i in range(1000)]
@@ -136,15 +108,29 @@ def test_pattern_churn_rechecks_only_the_names_the_removed_pattern_matched(
         broker.take_work()
         broker.pattern_mirrors.scanned("v.*", ["v.x"])
     broker.take_work()
-    counted.update(keeps=0, match=0)
+    mirrors = broker.pattern_mirrors
+    before = mirrors.rechecked
     for _ in range(100):
         _subscribe(broker, churner, "x.*", topics)  # matches nothing mirrored
         assert _unsubscribe(broker, churner, "x.*") == []
-    # Old: 100 x 2,000 keeps() (each over 20 waits) and as many trie matches.
-    assert counted == {"keeps": 0, "match": 0}
+    # Old: 100 x 2,000 names checked again (each over the 20 waits, then a trie match).
+    assert mirrors.rechecked == before
     for _ in range(100):
         _subscribe(broker, churner, "*.7", topics)  # matches t.7 and u.7
         assert _unsubscribe(broker, churner, "*.7") == []
-    assert counted["keeps"] == 200
-    assert counted["match"] <= 200 + 100 * 2  # rechecks, and the targets of a new pattern
+    assert mirrors.rechecked == before + 200
     assert len(broker.pattern_mirrors.names) == 2001  # and v.x, wanted by the waits
+
+
+def test_permissions_that_no_longer_allow_a_subscription_drop_its_mirror() -> None:
+    broker = _broker()
+    cid = broker.open_connection()
+    for name in "ab":  # each subscribe waits for its mirror's load
+        broker.receive_data(cid, line(sub(name)))
+        assert _load_all(broker) == [name]
+    broker.take_output()
+    _subscribe(broker, cid, "t.*", ["t.x"])
+    broker.set_permissions(cid, Permissions(subscribe=("b",)))
+    # Before, the mirrors of `a` and `t.x` stayed (nobody here wanted them) until another check.
+    assert sorted(broker.take_work().drops) == ["a", "t.x"]
+    assert sorted(broker._mirrors) == ["b"]
