@@ -37,6 +37,7 @@ Theory of operation:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import math
@@ -308,6 +309,9 @@ def run_latency(
         if child.poll() is None:
             child.kill()
             child.wait()
+        for pipe in (child.stdin, child.stdout, child.stderr):
+            with contextlib.suppress(OSError):  # stdin: a dead child's pipe is broken
+                pipe and pipe.close()
     samples: list[int] = report["samples"]
     if not samples:
         raise RuntimeError("no message arrived in the window")
