@@ -6,6 +6,7 @@
     python -m benchmarks.cluster_bench --quick       # smoke run
     python -m benchmarks.cluster_bench --setups single --json out.json
     python -m benchmarks.cluster_bench --runs 3      # 3 runs, each table, then the medians
+    python -m benchmarks.cluster_bench --cases latency --runs 3   # only some cases
     python -m benchmarks.cluster_bench --redis-url redis://10.0.0.5:6379/0
 
 Setups, measured in the same run so that their ratio means something on a
@@ -19,14 +20,25 @@ shared machine:
 ``single``
     one ``python -m mqcore_tcp --in-memory``, publisher and subscribers on it.
 
-Workloads (:mod:`benchmarks.pydriver`, the Python driver: ``mqload`` has
-one address, so it cannot publish on one node and subscribe on another):
-``1->1`` and ``1->50`` (one publisher pipelining 64-byte sends, 1 or 50
-subscribers; the rate counts deliveries), ``one`` (``delivery: one`` to 4
-subscribers; each message is delivered once), ``latency`` (one message
-every 0.2 ms, 5,000 msg/s; end-to-end p50/p99). The driver shares the two
-cores with the servers and Redis, so the figures are a floor; the CPU each
-process used over the case is reported next to them.
+Cases (``--cases`` picks some; keys ``1->1``, ``1->50``, ``one``,
+``latency``). ``mqload`` has one address, so it cannot publish on one node
+and subscribe on another; two Python drivers do, the same one for both
+setups so that their figures compare:
+
+- the throughput cases, :mod:`benchmarks.pydriver` (asyncio, one process):
+  ``1->1`` and ``1->50`` (one publisher pipelining 64-byte sends, 1 or 50
+  subscribers; the rate counts deliveries) and ``one`` (``delivery: one``
+  to 4 subscribers; each message is delivered once);
+- ``latency``, :mod:`benchmarks.xlatency`: one message every 0.2 ms (5,000
+  msg/s), end-to-end p50/p99, measured as ``mqload latency`` measures it
+  (publisher paced by ``time.sleep``, subscriber in its own process, both
+  on blocking sockets). pydriver's asyncio loop added its own jitter (its
+  sleeps round to 1 ms on epoll, publisher and subscriber share one loop):
+  on one node its p99 was about twice mqload's.
+
+The drivers share the two cores with the servers and Redis, so the figures
+are a floor; the CPU each process used over the case is reported next to
+them (and, for ``latency``, the driver's own).
 """
 
 from __future__ import annotations
@@ -46,6 +58,7 @@ if __package__ in (None, ""):  # run as `python benchmarks/cluster_bench.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.pydriver import proc_cpu_seconds, run_workload
+from benchmarks.xlatency import run_latency
 from mqcore_tcp.testing import ServerStartError, launch
 from mqcore_tcp.testing_redis import RedisStartError, redis_available, start_redis
 
@@ -56,7 +69,7 @@ SETUPS = ("cluster", "single")
 
 @dataclass(frozen=True)
 class Case:
-    """One workload of :mod:`benchmarks.pydriver` with its options."""
+    """One workload (``throughput``: pydriver; ``latency``: xlatency) with its options."""
 
     key: str
     workload: str
@@ -69,6 +82,7 @@ CASES: tuple[Case, ...] = (
     Case("one", "throughput", {"subs": 4, "delivery": "one"}),
     Case("latency", "latency", {"rate": 5000}),
 )
+KEYS = tuple(case.key for case in CASES)
 
 
 @dataclass
@@ -107,11 +121,25 @@ def _cpu(pids: dict[str, int]) -> dict[str, float | None]:
     return {label: proc_cpu_seconds(pid) for label, pid in pids.items()}
 
 
+def _latency(setup: Setup, rate: float, duration: float, warmup: float) -> dict[str, Any]:
+    """:func:`benchmarks.xlatency.run_latency` as a row: ``ok``, or not with ``error``."""
+    result: dict[str, Any] = {"workload": "latency", "proto": "aiomemq"}
+    try:
+        result.update(run_latency(setup.pub_port, setup.sub_port, rate, duration, warmup))
+        result["ok"] = True
+    except (OSError, RuntimeError, ValueError) as exc:
+        result.update(ok=False, error=f"{type(exc).__name__}: {exc}")
+    return result
+
+
 def run_case(setup: Setup, case: Case, duration: float, warmup: float) -> dict[str, Any]:
     """Run ``case`` on ``setup``: the driver's figures plus each process's CPU percent."""
-    opts = {**case.opts, "duration": duration, "warmup": warmup, "sub_port": setup.sub_port}
     before, start = _cpu(setup.pids), time.monotonic()
-    result = run_workload(case.workload, setup.pub_port, opts)
+    if case.workload == "latency":
+        result = _latency(setup, float(case.opts["rate"]), duration, warmup)
+    else:
+        opts = {**case.opts, "duration": duration, "warmup": warmup, "sub_port": setup.sub_port}
+        result = run_workload(case.workload, setup.pub_port, opts)
     elapsed = max(time.monotonic() - start, 1e-9)
     after = _cpu(setup.pids)
     result.pop("broker_cpu_pct", None)  # one process only: replaced by every process's below
@@ -149,6 +177,8 @@ def print_table(rows: Sequence[dict[str, Any]]) -> None:
     for row in rows:
         cpu = row.get("cpu_pct") or {}
         used = "  ".join(f"{k} {v:.0f}%" for k, v in cpu.items() if v is not None)
+        if row.get("driver_cpu_pct") is not None:
+            used += f"  driver {row['driver_cpu_pct']:.0f}%"
         print(f"{row['case']:<8} {row['setup']:<8} {_figure(row)}   cpu: {used}")
     by = {(r["setup"], r["case"]): r for r in rows if r.get("ok")}
     for case in CASES:
@@ -170,7 +200,7 @@ def medians(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             out.append(group[0])
             continue
         row = dict(good[0])
-        for key in ("deliver_rate", "p50_us", "p99_us", "undelivered"):
+        for key in ("deliver_rate", "p50_us", "p99_us", "undelivered", "driver_cpu_pct"):
             if key in row:
                 row[key] = statistics.median(r[key] for r in good)
         row["cpu_pct"] = {
@@ -197,6 +227,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--setups", default=",".join(SETUPS), help="comma-separated, of: cluster, single"
     )
+    parser.add_argument(
+        "--cases", default=",".join(KEYS), help=f"comma-separated, of: {', '.join(KEYS)}"
+    )
     parser.add_argument("--redis-url", help="a Redis to use (default: start redis-server)")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     parser.add_argument(
@@ -208,8 +241,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--setups: choose among {', '.join(SETUPS)}")
     if "cluster" in setups and args.redis_url is None and redis_available() is not None:
         parser.error(f"the cluster setup needs Redis: {redis_available()}")
+    keys = [k.strip() for k in args.cases.split(",") if k.strip()]
+    if not keys or any(k not in KEYS for k in keys):
+        parser.error(f"--cases: choose among {', '.join(KEYS)}")
     duration, warmup = (0.3, 0.2) if args.quick else (args.duration, args.warmup)
-    cases = [_quick(c) for c in CASES] if args.quick else list(CASES)
+    cases = [_quick(c) if args.quick else c for c in CASES if c.key in keys]
     if args.runs < 1:
         parser.error("--runs: at least 1")
     rows: list[dict[str, Any]] = []

@@ -168,7 +168,10 @@ def test_cluster_bench_single_node_setup_runs_without_redis(
     assert [(r["setup"], r["case"]) for r in rows] == [
         ("single", case.key) for case in cluster_bench.CASES
     ]
-    assert all(r["ok"] and r["driver"] == "python-driver" for r in rows)
+    assert all(r["ok"] for r in rows)
+    drivers = {r["case"]: r["driver"] for r in rows}
+    throughput = dict.fromkeys(["1->1", "1->50", "one"], "python-driver")
+    assert drivers == {**throughput, "latency": "xlatency"}
     assert all(r["undelivered"] == 0 for r in rows if r["workload"] == "throughput")
     assert "1->50    single" in capsys.readouterr().out
 
@@ -181,6 +184,24 @@ def test_cluster_bench_crosses_two_nodes_on_redis(tmp_path: Path) -> None:
     assert not failed
     cluster = rows[0]
     assert set(cluster["cpu_pct"]) == {"redis", "node A", "node B"}
+
+
+def test_cluster_bench_runs_only_the_cases_asked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "cluster.json"
+    argv = ["--quick", "--setups", "single", "--cases", "latency", "--json", str(out)]
+    assert cluster_bench.main(argv) == 0
+    (row,) = json.loads(out.read_text())["results"]
+    assert (row["case"], row["driver"], row["ok"]) == ("latency", "xlatency", True)
+    assert row["p50_us"] <= row["p99_us"]
+    assert "driver " in capsys.readouterr().out  # the driver's own CPU is shown
+
+
+def test_cluster_bench_refuses_unknown_cases() -> None:
+    with pytest.raises(SystemExit) as exit_:
+        cluster_bench.main(["--cases", "latency,warp"])
+    assert exit_.value.code == 2
 
 
 def test_cluster_bench_refuses_unknown_setups() -> None:
