@@ -54,8 +54,9 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from ._connection import Connection
+from ._patterns import NameIndex
 from ._protocol import REFUSED, SUCCESS, Reason, Subscribe
-from ._subjects import MULTI, SINGLE, is_pattern, matches
+from ._subjects import is_pattern, matches
 
 if TYPE_CHECKING:
     from ._cluster import ClusterBroker
@@ -83,21 +84,13 @@ class _Wait:
         self.ones: dict[str, list[Delivered]] = {}
 
 
-class _NameNode:
-    __slots__ = ("children", "here")
-
-    def __init__(self) -> None:
-        self.children: dict[str, _NameNode] = {}
-        self.here = False
-
-
 class _Names:
-    """Topic names in a trie by token: the ones a pattern matches, found without visiting others."""
+    """The names mirrored for patterns, also in a :class:`NameIndex`: the ones a pattern matches."""
 
-    __slots__ = ("_root", "_set")
+    __slots__ = ("_index", "_set")
 
     def __init__(self) -> None:
-        self._root = _NameNode()
+        self._index: NameIndex[str] = NameIndex()
         self._set: set[str] = set()
 
     def __contains__(self, name: str) -> bool:
@@ -110,63 +103,18 @@ class _Names:
         return iter(self._set)
 
     def add(self, name: str) -> None:
-        if name in self._set:
-            return
-        self._set.add(name)
-        node = self._root
-        for token in name.split("."):
-            child = node.children.get(token)
-            if child is None:
-                child = node.children[token] = _NameNode()
-            node = child
-        node.here = True
+        if name not in self._set:
+            self._set.add(name)
+            self._index.add(name, name)
 
     def discard(self, name: str) -> None:
-        if name not in self._set:
-            return
-        self._set.discard(name)
-        tokens = name.split(".")
-        path = [self._root]
-        for token in tokens:
-            path.append(path[-1].children[token])
-        path[-1].here = False
-        # Prune the branch back up to the first node still in use.
-        for depth in range(len(tokens), 0, -1):
-            node = path[depth]
-            if node.here or node.children:
-                break
-            del path[depth - 1].children[tokens[depth - 1]]
+        if name in self._set:
+            self._set.discard(name)
+            self._index.remove(name)
 
     def matching(self, pattern: str) -> list[str]:
         """The names ``pattern`` (well formed) matches."""
-        level: list[tuple[str, _NameNode]] = [("", self._root)]
-        found: list[str] = []
-        for token in pattern.split("."):
-            if token == MULTI:
-                # One or more further tokens: every name below these nodes.
-                stack = [(_join(p, t), c) for p, n in level for t, c in n.children.items()]
-                while stack:
-                    prefix, node = stack.pop()
-                    if node.here:
-                        found.append(prefix)
-                    stack.extend((prefix + "." + t, c) for t, c in node.children.items())
-                return found
-            if token == SINGLE:
-                level = [(_join(p, t), c) for p, n in level for t, c in n.children.items()]
-            else:
-                level = [
-                    (_join(p, token), c)
-                    for p, n in level
-                    if (c := n.children.get(token)) is not None
-                ]
-            if not level:
-                return found
-        found.extend(prefix for prefix, node in level if node.here)
-        return found
-
-
-def _join(prefix: str, token: str) -> str:
-    return prefix + "." + token if prefix else token
+        return self._index.matching(pattern)
 
 
 class PatternMirrors:

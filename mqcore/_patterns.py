@@ -46,11 +46,13 @@ one or more trailing tokens). Rules:
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Final
+from typing import Final, Generic, TypeVar
 
 from ._connection import Connection
 from ._state import Topic
 from ._subjects import MULTI, SINGLE
+
+V = TypeVar("V")
 
 __all__ = ["PatternTable", "TopicIndex"]
 
@@ -189,78 +191,100 @@ class PatternTable:
         return targets
 
 
-class _NameNode:
-    __slots__ = ("children", "topic")
+class _NameNode(Generic[V]):
+    __slots__ = ("children", "value")
 
     def __init__(self) -> None:
-        self.children: dict[str, _NameNode] = {}
-        self.topic: Topic | None = None
+        self.children: dict[str, _NameNode[V]] = {}
+        self.value: V | None = None
 
 
-class TopicIndex:
-    """Topics by name, in a trie by token: which topics a pattern matches.
+class NameIndex(Generic[V]):
+    """Values by name, in a trie by token: the names a pattern matches.
 
-    Adding or removing a topic costs O(its tokens); :meth:`matching` visits
-    only the trie nodes the pattern can reach.
+    Adding or removing a name costs O(its tokens); :meth:`matching` visits
+    only the trie nodes the pattern can reach, never the other names.
     """
 
     __slots__ = ("_root",)
 
-    def __init__(self, topics: Iterable[Topic]) -> None:
-        self._root = _NameNode()
-        for topic in topics:
-            self.add(topic)
+    def __init__(self) -> None:
+        self._root: _NameNode[V] = _NameNode()
 
-    def add(self, topic: Topic) -> None:
-        """Index ``topic`` under its name."""
+    def add(self, name: str, value: V) -> None:
+        """Index ``value`` under ``name`` (replacing what was there)."""
         node = self._root
-        for token in topic.name.split("."):
+        for token in name.split("."):
             child = node.children.get(token)
             if child is None:
                 child = node.children[token] = _NameNode()
             node = child
-        node.topic = topic
+        node.value = value
 
-    def remove(self, topic: Topic) -> None:
-        """Forget ``topic`` (if it is the one indexed under its name)."""
-        tokens = topic.name.split(".")
+    def remove(self, name: str, only: V | None = None) -> None:
+        """Forget ``name`` (only if ``only`` is what it holds, when given)."""
+        tokens = name.split(".")
         path = [self._root]
         for token in tokens:
             child = path[-1].children.get(token)
             if child is None:
                 return
             path.append(child)
-        if path[-1].topic is not topic:
+        if path[-1].value is None or (only is not None and path[-1].value is not only):
             return
-        path[-1].topic = None
+        path[-1].value = None
+        # Prune the branch back up to the first node still in use.
         for depth in range(len(tokens), 0, -1):
             node = path[depth]
-            if node.topic is not None or node.children:
+            if node.value is not None or node.children:
                 break
             del path[depth - 1].children[tokens[depth - 1]]
 
-    def matching(self, pattern: str) -> list[Topic]:
-        """The topics ``pattern`` (well formed) matches, in name order."""
+    def matching(self, pattern: str) -> list[V]:
+        """The values of the names ``pattern`` (well formed) matches, in no order."""
         nodes = [self._root]
-        found: list[Topic] = []
+        found: list[V] = []
         for token in pattern.split("."):
             if token == MULTI:
-                # One or more further tokens: every topic below these nodes.
+                # One or more further tokens: every name below these nodes.
                 stack = [c for node in nodes for c in node.children.values()]
                 while stack:
                     node = stack.pop()
-                    if node.topic is not None:
-                        found.append(node.topic)
+                    if node.value is not None:
+                        found.append(node.value)
                     stack.extend(node.children.values())
-                nodes = []
-                break
+                return found
             if token == SINGLE:
                 nodes = [c for node in nodes for c in node.children.values()]
             else:
                 nodes = [c for node in nodes if (c := node.children.get(token)) is not None]
             if not nodes:
-                break
-        found.extend(node.topic for node in nodes if node.topic is not None)
+                return found
+        found.extend(node.value for node in nodes if node.value is not None)
+        return found
+
+
+class TopicIndex:
+    """Topics by name (a :class:`NameIndex`): which topics a pattern matches."""
+
+    __slots__ = ("_names",)
+
+    def __init__(self, topics: Iterable[Topic]) -> None:
+        self._names: NameIndex[Topic] = NameIndex()
+        for topic in topics:
+            self.add(topic)
+
+    def add(self, topic: Topic) -> None:
+        """Index ``topic`` under its name."""
+        self._names.add(topic.name, topic)
+
+    def remove(self, topic: Topic) -> None:
+        """Forget ``topic`` (if it is the one indexed under its name)."""
+        self._names.remove(topic.name, topic)
+
+    def matching(self, pattern: str) -> list[Topic]:
+        """The topics ``pattern`` (well formed) matches, in name order."""
+        found = self._names.matching(pattern)
         found.sort(key=_name)
         return found
 
