@@ -75,6 +75,7 @@ from ._scripts import PUBLISH
 __all__ = [
     "MAX_FLIGHTS",
     "MAX_FLIGHT_BYTES",
+    "PIPELINE_NAME",
     "WATCH_INTERVAL",
     "Calls",
     "PublishPipeline",
@@ -88,6 +89,8 @@ MAX_FLIGHTS: Final = 64
 MAX_FLIGHT_BYTES: Final = 8 << 20
 #: Seconds between two checks of the oldest unanswered flight's deadline.
 WATCH_INTERVAL: Final = CALL_TIMEOUT / 8
+#: The publishing connection's client name (``CLIENT LIST``).
+PIPELINE_NAME: Final = "mqcore-publish"
 #: Packed per-topic prefixes kept (cleared when more).
 _MAX_PREFIXES: Final = 100_000
 
@@ -273,7 +276,7 @@ class PublishPipeline:
 
     async def _connect(self) -> None:
         link, (sha,) = await open_link(
-            self._url, self._received, self._lost, [("SCRIPT", "LOAD", PUBLISH)]
+            self._url, self._received, self._lost, [("SCRIPT", "LOAD", PUBLISH)], PIPELINE_NAME
         )
         sha = sha if isinstance(sha, bytes) else str(sha).encode("ascii")
         if sha != self._sha:

@@ -18,14 +18,17 @@ raises why: the listener then reconnects as after any loss.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 import anyio
 
 from ._backend import BackendError
 from ._resp import RespLink, command, open_link
 
-__all__ = ["Heard", "RawPubSub"]
+__all__ = ["LISTENER_NAME", "Heard", "RawPubSub"]
+
+#: The pub/sub connection's client name (``CLIENT LIST``).
+LISTENER_NAME: Final = "mqcore-listen"
 
 #: One pub/sub message: its kind (``smessage``, ``ssubscribe``...), channel and data.
 Heard = tuple[bytes, bytes, Any]
@@ -42,7 +45,7 @@ class RawPubSub:
         self._why: BaseException = BackendError("not connected")
 
     async def connect(self) -> None:
-        self._link, _ = await open_link(self._url, self._received, self._lost)
+        self._link, _ = await open_link(self._url, self._received, self._lost, name=LISTENER_NAME)
 
     async def ssubscribe(self, *channels: bytes) -> None:
         self._send(b"SSUBSCRIBE", channels)

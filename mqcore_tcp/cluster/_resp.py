@@ -121,8 +121,9 @@ async def open_link(
     received: Callable[[list[Any]], None],
     lost: Callable[[RespLink, BaseException], None],
     opening: Sequence[Sequence[str | bytes]] = (),
+    name: str | None = None,
 ) -> tuple[RespLink, list[Any]]:
-    """Connect to ``url``, run the ``opening`` commands, take the connection over.
+    """Connect to ``url`` (as client ``name``), run the ``opening`` commands, take it over.
 
     Returns the link and the opening commands' replies; raises (the
     connection closed) if connecting or any of them fails or takes longer
@@ -134,6 +135,7 @@ async def open_link(
         socket_timeout=CALL_TIMEOUT,
         health_check_interval=0,
         protocol=2,
+        client_name=name,  # what CLIENT LIST shows
     )
     conn = pool.make_connection()
     answers: list[Any] = []

@@ -20,7 +20,12 @@ from mqcore import ConnectionId, Output, Reason, error_reply
 from mqcore._cluster import TopicBatch
 from mqcore_tcp.cluster._backend import CALL_TIMEOUT
 from mqcore_tcp.cluster._keys import TopicKeys
-from mqcore_tcp.cluster._pipeline import MAX_FLIGHT_BYTES, MAX_FLIGHTS, PublishPipeline
+from mqcore_tcp.cluster._pipeline import (
+    MAX_FLIGHT_BYTES,
+    MAX_FLIGHTS,
+    PIPELINE_NAME,
+    PublishPipeline,
+)
 from mqcore_tcp.testing_redis import RedisServer, redis_command
 
 from ..wire import OK, OK_BYTES, line, send, sub
@@ -258,12 +263,12 @@ def test_senders_on_one_node_get_their_replies_in_order(redis_server: RedisServe
                 assert order == list(range(k, 1000, 2))
 
 
-def _client_ids(redis: RedisServer, command: str) -> list[str]:
-    """The ids of Redis's clients whose last command was ``command``."""
+def _client_ids(redis: RedisServer, name: str) -> list[str]:
+    """The ids of Redis's clients named ``name``."""
     listing = redis.command("CLIENT", "LIST")
     assert isinstance(listing, bytes)
     rows = [dict(f.split("=", 1) for f in row.split(" ")) for row in listing.decode().splitlines()]
-    return [row["id"] for row in rows if row["cmd"] == command]
+    return [row["id"] for row in rows if row["name"] == name]
 
 
 def test_an_idle_pipeline_connection_closed_by_redis_is_replaced(
@@ -275,11 +280,10 @@ def test_an_idle_pipeline_connection_closed_by_redis_is_replaced(
         sender = Peer(a.port)
         sender.send(line(send("idle", "before")))
         assert sender.lines(1) == [OK]
-        (pipeline,) = _client_ids(redis_server, "evalsha")
+        (pipeline,) = _client_ids(redis_server, PIPELINE_NAME)
         assert redis_server.command("CLIENT", "KILL", "ID", pipeline) == 1
         for i in range(3):
             sender.send(line(send("idle", f"after{i}")))
             assert sender.lines(1) == [OK]
-        after = _client_ids(redis_server, "evalsha")
-        assert after
-        assert pipeline not in after
+        (replaced,) = _client_ids(redis_server, PIPELINE_NAME)
+        assert replaced != pipeline
