@@ -290,10 +290,11 @@ class PublishPipeline:
     def _received(self, replies: list[Any]) -> None:
         """One read's replies: matched to the flights awaiting them, in order."""
         awaiting = self._awaiting
+        unasked: list[Any] = []
         for reply in replies:
             if not awaiting:
-                self._fail(self._link, BackendError(f"a reply nothing asked for: {reply!r:.80}"))
-                return
+                unasked.append(reply)
+                break
             flight = awaiting[0]
             flight.replies.append(reply)
             if len(flight.replies) == flight.expected:
@@ -301,6 +302,8 @@ class PublishPipeline:
         flights = self._flights
         while flights and len(flights[0].replies) == flights[0].expected:
             self._land(flights.popleft())
+        if unasked:  # the connection is out of step: what is unanswered has an unknown outcome
+            self._fail(self._link, BackendError(f"a reply nothing asked for: {unasked[0]!r:.80}"))
 
     def _land(self, flight: _Flight) -> None:
         """Release the answered ``flight`` (refusing what failed); it was the oldest."""
