@@ -17,7 +17,8 @@ flights a second, those were most of a node's CPU and of its latency).
 - **Reading.** Each read is fed to a hiredis parser; every complete reply of
   it goes to ``received`` in one list (an error reply is a
   ``hiredis.ReplyError`` value in that list, not raised). Bytes that are not
-  RESP abort the connection.
+  RESP abort the connection, and so does a reply still incomplete past
+  :data:`MAX_REPLY_BYTES` (the parser's buffer is bounded).
 - **Loss.** The connection closing, for whatever reason (Redis gone, a
   protocol error, :meth:`RespLink.abort`), calls ``lost`` once with the reason.
 - **Writing.** :meth:`RespLink.write` hands commands to the transport and
@@ -29,7 +30,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Final
 
 import anyio
 import hiredis
@@ -37,7 +38,12 @@ from redis.asyncio.connection import ConnectionPool
 
 from ._backend import CALL_TIMEOUT, BackendError
 
-__all__ = ["RespLink", "bulk", "command", "open_link"]
+__all__ = ["MAX_REPLY_BYTES", "RespLink", "bulk", "command", "open_link"]
+
+#: Bytes of one reply not yet complete: past this the connection is closed. A
+#: node's own batches are far smaller (a flight is at most 8 MiB of commands).
+MAX_REPLY_BYTES: Final = 64 << 20
+
 
 def bulk(value: bytes) -> bytes:
     """``value`` as a RESP bulk string."""
@@ -103,6 +109,8 @@ class RespLink(asyncio.Protocol):
             return
         if replies:
             self._received(replies)
+        elif parser.len() > MAX_REPLY_BYTES:
+            self.abort(BackendError(f"a reply of over {MAX_REPLY_BYTES} bytes"))
 
     def eof_received(self) -> bool:
         return False  # close: Redis ended the connection

@@ -10,6 +10,7 @@ loop or be taken for a success.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -23,7 +24,7 @@ from mqcore._cluster import TopicBatch
 from mqcore_tcp.cluster._backend import BackendError
 from mqcore_tcp.cluster._pipeline import PublishPipeline
 from mqcore_tcp.cluster._pubsub import RawPubSub
-from mqcore_tcp.cluster._resp import RespLink, open_link
+from mqcore_tcp.cluster._resp import MAX_REPLY_BYTES, RespLink, open_link
 
 from ..wire import OK_BYTES
 
@@ -162,3 +163,26 @@ async def test_more_replies_than_calls_refuse_what_is_unanswered() -> None:
     assert "a reply nothing asked for" in str(errors[0])
     assert pipeline.in_flight == 0
     assert error_reply(Reason.BACKEND_UNAVAILABLE) not in first.writes[cid]
+
+
+async def test_a_reply_past_the_bound_closes_the_link_before_it_is_whole() -> None:
+    lost: list[BaseException] = []
+    closed = anyio.Event()
+
+    def on_lost(link: RespLink, why: BaseException) -> None:
+        lost.append(why)
+        closed.set()
+
+    async def endless_bulk(stream: SocketStream, buffer: bytearray) -> None:
+        await stream.send(b"$%d\r\n" % (4 * MAX_REPLY_BYTES))  # announced, then sent forever
+        chunk = b"x" * (1 << 20)
+        with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+            while True:
+                await stream.send(chunk)
+
+    async with broken_redis(endless_bulk) as url:
+        link, _ = await open_link(url, lambda replies: None, on_lost, name="probe")
+        assert link.write([b"*1\r\n$4\r\nPING\r\n"])
+        with anyio.fail_after(30):
+            await closed.wait()
+    assert f"over {MAX_REPLY_BYTES} bytes" in str(lost[0])
