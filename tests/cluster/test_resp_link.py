@@ -85,28 +85,39 @@ async def broken_redis(after_handshake: Script) -> AsyncIterator[str]:
         tg.cancel_scope.cancel()
 
 
+class Lost:
+    """A link's ``lost`` callback: why it closed, awaited."""
+
+    def __init__(self) -> None:
+        self.reasons: list[BaseException] = []
+        self._closed = anyio.Event()
+
+    def record(self, link: RespLink, why: BaseException) -> None:
+        self.reasons.append(why)
+        self._closed.set()
+
+    async def reason(self, within: float) -> BaseException:
+        """The reason the link closed (it closes once), within ``within`` seconds."""
+        with anyio.fail_after(within):
+            await self._closed.wait()
+        assert len(self.reasons) == 1
+        return self.reasons[0]
+
+
 async def _send_garbage(stream: SocketStream, buffer: bytearray) -> None:
     await stream.send(b"?this is not RESP\r\n")
     await anyio.sleep_forever()
 
 
 async def test_bytes_that_are_not_resp_close_the_link_with_the_reason() -> None:
-    lost: list[BaseException] = []
-    closed = anyio.Event()
-
-    def on_lost(link: RespLink, why: BaseException) -> None:
-        lost.append(why)
-        closed.set()
-
+    lost = Lost()
     async with broken_redis(_send_garbage) as url:
         # Answered SETNAME, then the peer waits for a command to misbehave after:
-        link, _ = await open_link(url, lambda replies: None, on_lost, name="probe")
+        link, _ = await open_link(url, lambda replies: None, lost.record, name="probe")
         assert link.write([b"*1\r\n$4\r\nPING\r\n"])
-        with anyio.fail_after(5):
-            await closed.wait()
-    assert len(lost) == 1
-    assert isinstance(lost[0], BackendError)
-    assert "not a Redis reply" in str(lost[0])
+        why = await lost.reason(within=5)
+    assert isinstance(why, BackendError)
+    assert "not a Redis reply" in str(why)
     assert link.closing
     assert not link.write([b"*1\r\n$4\r\nPING\r\n"])  # nothing is sent on a closed link
 
@@ -166,13 +177,7 @@ async def test_more_replies_than_calls_refuse_what_is_unanswered() -> None:
 
 
 async def test_a_reply_past_the_bound_closes_the_link_before_it_is_whole() -> None:
-    lost: list[BaseException] = []
-    closed = anyio.Event()
-
-    def on_lost(link: RespLink, why: BaseException) -> None:
-        lost.append(why)
-        closed.set()
-
+    lost = Lost()
     async def endless_bulk(stream: SocketStream, buffer: bytearray) -> None:
         await stream.send(b"$%d\r\n" % (4 * MAX_REPLY_BYTES))  # announced, then sent forever
         chunk = b"x" * (1 << 20)
@@ -181,8 +186,7 @@ async def test_a_reply_past_the_bound_closes_the_link_before_it_is_whole() -> No
                 await stream.send(chunk)
 
     async with broken_redis(endless_bulk) as url:
-        link, _ = await open_link(url, lambda replies: None, on_lost, name="probe")
+        link, _ = await open_link(url, lambda replies: None, lost.record, name="probe")
         assert link.write([b"*1\r\n$4\r\nPING\r\n"])
-        with anyio.fail_after(30):
-            await closed.wait()
-    assert f"over {MAX_REPLY_BYTES} bytes" in str(lost[0])
+        why = await lost.reason(within=30)
+    assert f"over {MAX_REPLY_BYTES} bytes" in str(why)
